@@ -1,0 +1,1 @@
+"""voicechaos harness: simulated callers, measurement, scenarios and the CLI."""
