@@ -1,0 +1,146 @@
+"""What a person on the phone hears, on the playout timeline.
+
+The :class:`Ear` is fed the audio the playout model says was played (``PlayedAudio.start`` is the exact time its first
+byte played). It finds the audible stretches (short blocks above an energy threshold) and decodes the phrases in them.
+It is sans-I/O and clock-free: every time it reports comes from the playout timeline, so a late event loop changes
+nothing it measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.audio import formats
+from harness.audio.phrase_codec import DecodedPhrase, PhraseDecoder, UndecodableAudio
+
+_RATE = 8000
+#: 5 ms blocks: onsets and gaps are located to within one block.
+BLOCK_SAMPLES = 40
+BLOCK_S = BLOCK_SAMPLES / _RATE
+#: quieter than this is silence (comfort noise, μ-law idle patterns, dither)
+AUDIBLE_DBFS = -45.0
+#: a dip shorter than this inside speech is not a silence gap (zero crossings, plosive-like dips)
+MERGE_S = 0.05
+#: silence fed to the decoder for a break in the timeline, so phrases on both sides stay apart
+_GAP_FILL_S = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Audible:
+    """A stretch of audible agent audio, [start, end) on the playout timeline."""
+
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """A decoded phrase (``text``) or undecodable audio (``text`` is None, ``reason`` says why)."""
+
+    text: str | None
+    reason: str
+    at: float  # playout time when it was recognised
+
+
+class Ear:
+    def __init__(self, *, audible_dbfs: float = AUDIBLE_DBFS, decode: bool = True) -> None:
+        self._threshold = (10 ** (audible_dbfs / 20)) ** 2 * BLOCK_SAMPLES  # energy per block
+        self._decoder = PhraseDecoder(_RATE) if decode else None
+        self._open: Audible | None = None
+        self._timeline_end: float | None = None
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._pending_start = 0.0
+
+    def hear(self, start: float, mulaw: bytes) -> tuple[list[Audible], list[Heard]]:
+        """Audio that played from ``start``. Returns audible stretches that ended and phrases recognised."""
+        samples = formats.from_bytes(mulaw, formats.TWILIO_MULAW_8K)
+        closed: list[Audible] = []
+        heard: list[Heard] = []
+        if self._timeline_end is not None and start - self._timeline_end > 1e-6:
+            gap = start - self._timeline_end
+            if self._decoder is not None:
+                fill = np.zeros(int(min(gap, _GAP_FILL_S) * _RATE), dtype=np.float32)
+                heard += self._decode(fill, start)
+        self._decode_into(heard, samples, start)
+        # energy per 5 ms block, carrying a partial block over to the next call
+        if self._pending.size and abs(self._pending_start + self._pending.size / _RATE - start) > 1e-6:
+            self._pending = np.zeros(0, dtype=np.float32)
+        if not self._pending.size:
+            self._pending_start = start
+        buffer = np.concatenate([self._pending, samples]) if self._pending.size else samples
+        whole = buffer.size // BLOCK_SAMPLES * BLOCK_SAMPLES
+        if whole:
+            blocks = buffer[:whole].reshape(-1, BLOCK_SAMPLES)
+            energy = np.einsum("ij,ij->i", blocks, blocks)
+            loud = np.flatnonzero(energy > self._threshold)
+            for index in loud:
+                block_start = self._pending_start + int(index) * BLOCK_S
+                closed += self._extend(block_start, block_start + BLOCK_S)
+        self._pending = buffer[whole:].copy()
+        self._pending_start += whole / _RATE
+        self._timeline_end = start + samples.size / _RATE
+        return closed, heard
+
+    def close_before(self, now: float) -> list[Audible]:
+        """Close the open stretch if nothing audible can extend it any more (silence since, up to ``now``)."""
+        if self._open is not None and now - self._open.end >= MERGE_S:
+            done, self._open = self._open, None
+            return [done]
+        return []
+
+    def flush(self) -> tuple[list[Audible], list[Heard]]:
+        heard: list[Heard] = []
+        if self._decoder is not None:
+            end = self._timeline_end or 0.0
+            heard = [self._event(e, end) for e in self._decoder.flush()]
+            heard = [h for h in heard if h is not None]
+        closed = [self._open] if self._open is not None else []
+        self._open = None
+        return closed, heard
+
+    def interrupt(self) -> tuple[list[Heard], int]:
+        """A ``clear`` cut the agent's audio: the half-heard phrase was cut short, it is not garbled audio.
+
+        Returns the phrases that had been heard whole and the number of phrases cut; the decoder starts afresh.
+        """
+        if self._decoder is None:
+            return [], 0
+        events = self._decoder.flush()
+        self._decoder = PhraseDecoder(_RATE)
+        self._timeline_end = None
+        heard = [Heard(e.text, "", e.end) for e in events if isinstance(e, DecodedPhrase)]
+        cut = sum(1 for e in events if isinstance(e, UndecodableAudio))
+        return heard, cut
+
+    @property
+    def open_stretch(self) -> Audible | None:
+        return self._open
+
+    # --- internals ----------------------------------------------------------------------------------------------------
+
+    def _extend(self, start: float, end: float) -> list[Audible]:
+        if self._open is not None and start - self._open.end < MERGE_S:
+            self._open = Audible(self._open.start, end)
+            return []
+        done = [self._open] if self._open is not None else []
+        self._open = Audible(start, end)
+        return done
+
+    def _decode_into(self, heard: list[Heard], samples: np.ndarray, start: float) -> None:
+        if self._decoder is not None:
+            heard += self._decode(samples, start + samples.size / _RATE)
+
+    def _decode(self, samples: np.ndarray, at: float) -> list[Heard]:
+        assert self._decoder is not None
+        out = [self._event(e, at) for e in self._decoder.feed(samples)]
+        return [h for h in out if h is not None]
+
+    @staticmethod
+    def _event(event: object, at: float) -> Heard | None:
+        if isinstance(event, DecodedPhrase):
+            return Heard(event.text, "", at)
+        if isinstance(event, UndecodableAudio):
+            return Heard(None, event.reason, at)
+        return None

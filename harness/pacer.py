@@ -1,0 +1,87 @@
+"""The 20 ms grid every simulated caller sends on, shared by all calls in a process.
+
+Twilio sends one 20 ms media frame per call every 20 ms. Sleeping per call would cost one timer per frame per call;
+instead one task walks a wheel of 1 ms slots and ticks the calls in the slot that is due. Calls are spread over the
+slots (each has its own phase, as real calls do), so the work of one tick is 1/20 of the calls and a frame's send
+lateness measures the harness, not the length of a queue of other calls' sends.
+
+Each call's grid is absolute (``phase + k * 20 ms``): lateness never accumulates, and it is measured against the
+scheduled time of every frame and recorded in a :class:`~harness.lateness.LatenessHistogram`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from harness.clock import Clock
+from harness.lateness import LatenessHistogram
+
+FRAME_S = 0.020
+SLOTS = 20
+SLOT_S = FRAME_S / SLOTS
+
+
+class Paced(Protocol):
+    def tick(self, scheduled: float, now: float) -> None:
+        """Send the frame due at ``scheduled``; ``now`` is when the pacer got to it."""
+        ...
+
+
+class Pacer:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._slots: list[list[Paced]] = [[] for _ in range(SLOTS)]
+        self._epoch = clock.now()
+        self._wake = asyncio.Event()
+        self.lateness = LatenessHistogram()
+        self.ticks = 0
+
+    def add(self, call: Paced) -> float:
+        """Start pacing ``call`` in the least busy slot; returns the scheduled time of its first frame."""
+        slot = min(range(SLOTS), key=lambda i: len(self._slots[i]))
+        self._slots[slot].append(call)
+        self._wake.set()
+        now = self._clock.now()
+        # first grid point of this slot strictly after now
+        period_index = int((now - self._epoch - slot * SLOT_S) // FRAME_S) + 1
+        return self._epoch + slot * SLOT_S + period_index * FRAME_S
+
+    def remove(self, call: Paced) -> None:
+        for slot in self._slots:
+            if call in slot:
+                slot.remove(call)
+                return
+
+    @property
+    def active(self) -> int:
+        return sum(len(slot) for slot in self._slots)
+
+    async def run(self) -> None:
+        """Tick due slots for ever (cancel to stop). Sleeps while no call is paced."""
+        clock = self._clock
+        slot_index = 0
+        scheduled = self._epoch
+        while True:
+            if not self.active:
+                self._wake.clear()
+                await self._wake.wait()
+                # resume on the grid: skip the slots that passed while idle
+                elapsed = clock.now() - self._epoch
+                step = int(elapsed // SLOT_S) + 1
+                slot_index = step % SLOTS
+                scheduled = self._epoch + step * SLOT_S
+            now = clock.now()
+            if scheduled > now:
+                await asyncio.sleep(scheduled - now)
+                now = clock.now()
+            calls = self._slots[slot_index]
+            if calls:
+                self.ticks += 1
+                for call in tuple(calls):
+                    call.tick(scheduled, now)
+                    sent = clock.now()
+                    self.lateness.record(sent - scheduled)
+                    now = sent
+            slot_index = (slot_index + 1) % SLOTS
+            scheduled += SLOT_S

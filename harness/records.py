@@ -1,0 +1,83 @@
+"""What a call and each of its turns measured, as plain records (written to the run's event log as JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"
+    REJECTED = "rejected"  # the platform said no: <Reject>, a refused or 1013-closed stream
+    DROPPED = "dropped"  # the platform ended the call in the middle of the script
+    FAILED_TO_CONNECT = "failed_to_connect"  # webhook or websocket unreachable / broken
+    TIMED_OUT = "timed_out"  # no reply, no hang-up when expected, or the call's time ran out
+    ERROR = "error"  # the harness itself failed (a bug, reported as such, never blamed on the agent)
+
+
+@dataclass
+class TurnRecord:
+    """One agent turn: the greeting, or the reply to one caller utterance.
+
+    Times are seconds on the caller's monotonic clock; ``*_ms`` values are what the report uses.
+    """
+
+    index: int
+    step: int  # index of the script step that opened the turn
+    kind: str  # "greeting" | "reply"
+    caller_text: str | None = None
+    expected: list[str] = field(default_factory=list)
+    listen_from: float = 0.0  # end of caller speech (or stream start for the greeting)
+    caller_speech_start: float | None = None
+    first_audio_at: float | None = None
+    last_audio_end: float | None = None
+    response_latency_ms: float | None = None
+    gaps_ms: list[float] = field(default_factory=list)
+    heard: list[str] = field(default_factory=list)
+    undecodable: int = 0
+    undecodable_reasons: list[str] = field(default_factory=list)
+    cut_phrases: int = 0  # phrases cut short by a clear (barge-in): not garbled audio
+    barge_in: bool = False
+    barge_in_reaction_ms: float | None = None
+    stray_clears: int = 0  # clear while nothing was playing (logged; no reaction)
+    dtmf: str = ""
+    status: str = "open"  # ok | no_response | mismatch | garbled | interrupted | cut_off
+
+    @property
+    def max_gap_ms(self) -> float:
+        return max(self.gaps_ms, default=0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["max_gap_ms"] = self.max_gap_ms
+        return data
+
+
+@dataclass
+class CallRecord:
+    call_id: int
+    call_sid: str
+    stream_sid: str
+    outcome: Outcome | None = None
+    reason: str = ""
+    started_at: float = 0.0  # wall clock (epoch seconds), for the event log
+    connect_ms: float | None = None
+    duration_s: float | None = None
+    turns: list[TurnRecord] = field(default_factory=list)
+    frames_sent: int = 0
+    marks_echoed: int = 0
+    clears: int = 0
+    protocol_errors: int = 0
+    protocol_error_examples: list[str] = field(default_factory=list)
+    unexpected_messages: int = 0
+    close_code: int | None = None
+    close_reason: str = ""
+    send_lateness_max_ms: float = 0.0
+    discarded_audio_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outcome"] = str(self.outcome) if self.outcome else None
+        data["turns"] = [turn.to_json() for turn in self.turns]
+        return data

@@ -1,0 +1,258 @@
+"""Typed scenario models, in the experiment vocabulary: target, callers, script (the method), limits, targets
+(the steady-state hypothesis). A scenario is validated whole before anything starts; an error names the file, the field
+path and the reason (``demo.yaml: script[2].say.think_time: must be >= 0``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot run. ``problems`` lists ``(field path, reason)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {path}: {reason}" if path else f"{source}: {reason}" for path, reason in problems]
+        super().__init__("\n".join(lines))
+
+
+# --- target -----------------------------------------------------------------------------------------------------------
+
+
+class EmbeddedTarget(Model):
+    """The reference runtime and the fake providers, started by the harness as subprocesses on loopback."""
+
+    agent: str = Field("agents/dental.yaml", description="agent definition (dialog + scripted LLM), relative to "
+                                                         "the scenario file")
+    capacity: int = Field(50, ge=1, description="calls one runtime process accepts at once")
+    providers: dict[str, Any] = Field(default_factory=dict, description="fake provider settings (latency...)")
+    runtime: dict[str, Any] = Field(default_factory=dict, description="extra reference-runtime settings")
+
+
+class WebhookTarget(Model):
+    """A voice webhook (Twilio's Voice URL): the caller POSTs a signed form and follows the TwiML it gets back."""
+
+    url: str
+    auth_token: str = Field("voicechaos-test-token", description="the Twilio auth token the runtime checks "
+                                                                 "X-Twilio-Signature with")
+
+
+class WebSocketTarget(Model):
+    """A Media Streams websocket URL dialled directly (no webhook)."""
+
+    url: str
+    parameters: dict[str, str] = Field(default_factory=dict, description="sent as start.customParameters")
+
+
+class Target(Model):
+    embedded: EmbeddedTarget | None = None
+    webhook: WebhookTarget | None = None
+    websocket: WebSocketTarget | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Target:
+        chosen = [name for name in ("embedded", "webhook", "websocket") if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError(f"choose exactly one of embedded, webhook, websocket (got {chosen or 'none'})")
+        return self
+
+
+# --- callers ----------------------------------------------------------------------------------------------------------
+
+
+class Callers(Model):
+    count: int = Field(10, ge=1, le=100_000, description="calls to place in the run")
+    concurrency: int | None = Field(None, ge=1, description="most calls at once (default: all of them)")
+    arrival_rate: float = Field(5.0, gt=0, le=1000, description="new calls per second")
+    from_number: str = "+15005550006"
+    to_number: str = "+15005550001"
+
+
+# --- script (the method) ----------------------------------------------------------------------------------------------
+
+#: one phrase or a list of phrases
+Phrases = Annotated[list[str], BeforeValidator(lambda value: [value] if isinstance(value, str) else value)]
+
+
+class WaitForGreeting(Model):
+    kind: Literal["wait_for_greeting"] = "wait_for_greeting"
+    expect: Phrases = Field(default_factory=list, description="phrases the greeting should contain, in order")
+    timeout: float = Field(10.0, gt=0)
+
+
+class Say(Model):
+    kind: Literal["say"] = "say"
+    text: str | None = Field(None, description="phrase audio of this text")
+    wav: str | None = Field(None, description="a WAV file to play instead (for runtimes with real STT)")
+    think_time: float = Field(0.3, ge=0, description="pause after the agent's turn before speaking")
+    barge_in_after: float | None = Field(None, ge=0, description="speak this long after the agent starts its turn, "
+                                                                 "interrupting it")
+    expect: Phrases = Field(default_factory=list, description="phrases the agent's reply should contain, in order")
+
+    @model_validator(mode="after")
+    def _text_or_wav(self) -> Say:
+        if (self.text is None) == (self.wav is None):
+            raise ValueError("give exactly one of text or wav")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text is empty")
+        return self
+
+
+class Dtmf(Model):
+    kind: Literal["dtmf"] = "dtmf"
+    digits: str = Field(pattern=r"^[0-9*#A-D]+$")
+    interval: float = Field(0.25, gt=0)
+
+
+class Pause(Model):
+    kind: Literal["pause"] = "pause"
+    seconds: float = Field(ge=0, le=3600)
+
+
+class HangUp(Model):
+    kind: Literal["hang_up"] = "hang_up"
+
+
+class ExpectHangup(Model):
+    """The agent ends the call (its goodbye, then it closes the stream)."""
+
+    kind: Literal["expect_hangup"] = "expect_hangup"
+    timeout: float = Field(10.0, gt=0)
+
+
+Step = Annotated[WaitForGreeting | Say | Dtmf | Pause | HangUp | ExpectHangup, Field(discriminator="kind")]
+STEP_KINDS = ("wait_for_greeting", "say", "dtmf", "pause", "hang_up", "expect_hangup")
+_SCALAR_FIELD = {"say": "text", "dtmf": "digits", "pause": "seconds", "wait_for_greeting": "expect"}
+
+
+def _step_from_yaml(raw: Any) -> Any:
+    """``{"say": "hi"}`` / ``{"say": {...}, ...}`` / ``"hang_up"`` -> ``{"kind": "say", ...}``."""
+    if isinstance(raw, str):
+        return {"kind": raw}
+    if isinstance(raw, dict) and "kind" not in raw:
+        kinds = [key for key in raw if key in _SCALAR_FIELD or key in ("hang_up", "expect_hangup")]
+        if len(kinds) != 1:
+            return raw  # let the union report the problem
+        kind = kinds[0]
+        value = raw[kind]
+        rest = {k: v for k, v in raw.items() if k != kind}
+        if isinstance(value, dict):
+            return {"kind": kind, **value, **rest}
+        if value is None:
+            return {"kind": kind, **rest}
+        field = _SCALAR_FIELD.get(kind)
+        if field is None:
+            return {"kind": kind, "_value": value, **rest}
+        return {"kind": kind, field: value, **rest}
+    return raw
+
+
+# --- limits and targets -----------------------------------------------------------------------------------------------
+
+
+class Limits(Model):
+    duration: float = Field(300.0, gt=0, le=7 * 24 * 3600, description="hard bound on the whole run, seconds")
+    call_timeout: float = Field(120.0, gt=0, description="hard bound on one call")
+    connect_timeout: float = Field(10.0, gt=0)
+    reply_timeout: float = Field(8.0, gt=0, description="no audible reply this long after the caller stops: "
+                                                        "the turn failed")
+    end_of_turn_silence: float = Field(3.5, gt=0, description="without expected phrases, this much silence ends "
+                                                              "the agent's turn (longer than any dead air measured)")
+    settle: float = Field(0.4, ge=0, description="with expected phrases all heard, this much silence ends the turn")
+
+
+class Targets(Model):
+    """Thresholds a run is judged against (defaults from mission.md's caller-side figures)."""
+
+    response_latency_p95_ms: float = Field(800.0, gt=0)
+    dead_air_ms: float = Field(1500.0, gt=0, description="a silence gap inside an agent turn longer than this fails")
+    broken_silence_ms: float = Field(3000.0, gt=0, description="a gap this long means the call feels broken")
+    call_success_rate: float = Field(0.999, ge=0, le=1, description="share of calls that complete")
+    phrase_decode_rate: float = Field(1.0, ge=0, le=1, description="share of agent phrases that decode (no garbled "
+                                                                   "audio)")
+    expected_phrase_rate: float = Field(1.0, ge=0, le=1, description="share of turns with expected phrases in "
+                                                                     "which the agent said them")
+    barge_in_reaction_p95_ms: float = Field(1000.0, gt=0)
+    harness_lateness_p99_ms: float = Field(5.0, gt=0, description="above this the harness, not the agent, was the "
+                                                                  "bottleneck: the run is invalid")
+
+
+class Scenario(Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    target: Target = Field(default_factory=lambda: Target(embedded=EmbeddedTarget()))
+    callers: Callers = Field(default_factory=Callers)
+    script: list[Step] = Field(min_length=1)
+    limits: Limits = Field(default_factory=Limits)
+    targets: Targets = Field(default_factory=Targets)
+    seed: int = 1
+
+    @field_validator("script", mode="before")
+    @classmethod
+    def _steps(cls, value: Any) -> Any:
+        return [_step_from_yaml(step) for step in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _barge_in_needs_a_turn(self) -> Scenario:
+        for index, step in enumerate(self.script):
+            if isinstance(step, Say) and step.barge_in_after is not None:
+                before = self.script[index - 1] if index else None
+                if not isinstance(before, (Say, WaitForGreeting)):
+                    raise ValueError(f"script[{index}]: barge_in_after needs an agent turn right before it "
+                                     "(a say or wait_for_greeting step)")
+        return self
+
+
+# --- loading ----------------------------------------------------------------------------------------------------------
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in ("function-after", "function-before", "function-wrap"):
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def scenario_from_mapping(data: Any, source: str) -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(source, [("", f"a scenario is a mapping, got {type(data).__name__}")])
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            reason = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                reason = "unknown key"
+            elif err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+                reason = f"not a step; a step is one of {', '.join(STEP_KINDS)}"
+            problems.append((_path(tuple(err["loc"])), reason))
+        raise ScenarioError(source, problems) from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(str(path), [("", f"cannot read: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ScenarioError(str(path), [("", f"{where}not valid YAML ({getattr(exc, 'problem', exc)})")]) from None
+    return scenario_from_mapping(data, str(path))

@@ -1,0 +1,1 @@
+"""Thin asyncio adapters around sans-I/O protocol cores."""

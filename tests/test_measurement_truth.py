@@ -1,0 +1,69 @@
+"""Measurement truth: against an agent with known timing, the harness reports what a person would hear (±20 ms)."""
+
+from __future__ import annotations
+
+import asyncio
+from random import Random
+
+import aiohttp
+import pytest
+
+from harness.caller import Call, CallEnvironment, Dial
+from harness.clock import MonotonicClock
+from harness.pacer import Pacer
+from harness.records import Outcome
+from harness.scenario import HangUp, Limits, Say
+from harness.testing.known_agent import KnownAgent, serve_known_agent
+from harness.voice import Voice
+
+TOLERANCE_MS = 20.0
+
+
+async def _one_call(url: str, script: list, limits: Limits | None = None):
+    events: list[tuple[str, dict]] = []
+    clock = MonotonicClock()
+    pacer = Pacer(clock)
+    async with aiohttp.ClientSession() as http:
+        env = CallEnvironment(clock=clock, pacer=pacer, voice=Voice(), http=http, rng=Random(7),
+                              emit=lambda name, fields: events.append((name, fields)))
+        pacer_task = asyncio.create_task(pacer.run())
+        try:
+            call = Call(env, 0, script, limits or Limits(end_of_turn_silence=1.5, settle=0.3), Dial(websocket_url=url))
+            record = await call.run()
+        finally:
+            pacer_task.cancel()
+    return record, events, pacer
+
+
+@pytest.mark.parametrize("gap_mode", ["bytes", "wait"])
+async def test_latency_and_gap_match_a_known_agent(gap_mode: str) -> None:
+    agent = KnownAgent(reply=["first part of the answer.", "and the second part."], reply_delay=0.4, gap=0.7,
+                       gap_mode=gap_mode)
+    script = [Say(text="hello, is anybody there?", think_time=0.1,
+                  expect=["first part of the answer.", "and the second part."]), HangUp()]
+    async with serve_known_agent(agent) as url:
+        record, _, pacer = await _one_call(url, script)
+    assert record.outcome is Outcome.COMPLETED, record.reason
+    (turn,) = record.turns
+    assert turn.status == "ok", turn
+    assert turn.heard == ["first part of the answer.", "and the second part."]
+    assert turn.response_latency_ms is not None
+    assert abs(turn.response_latency_ms - 400.0) <= TOLERANCE_MS, turn.response_latency_ms
+    assert len(turn.gaps_ms) == 1, turn.gaps_ms
+    assert abs(turn.gaps_ms[0] - 700.0) <= TOLERANCE_MS, turn.gaps_ms
+    assert pacer.lateness.total == record.frames_sent > 0
+
+
+async def test_latency_is_taken_on_the_playout_timeline_not_on_arrival() -> None:
+    """The agent answers with 3 s of audio in one burst and then a second phrase: the second phrase arrives early
+    but is heard only after the first has played; no gap is reported between them."""
+    agent = KnownAgent(reply=["one two three four five six seven eight nine ten.", "eleven."], reply_delay=0.3,
+                       gap=0.0, gap_mode="bytes")
+    script = [Say(text="count for me please.", think_time=0.1, expect=["eleven."]), HangUp()]
+    async with serve_known_agent(agent) as url:
+        record, _, _ = await _one_call(url, script)
+    (turn,) = record.turns
+    assert turn.heard == ["one two three four five six seven eight nine ten.", "eleven."]
+    assert abs((turn.response_latency_ms or 0) - 300.0) <= TOLERANCE_MS
+    # phrases abut: whatever the codec's own edges, no dead air is reported
+    assert turn.max_gap_ms < 150.0, turn.gaps_ms
