@@ -140,7 +140,11 @@ class Call:
         except _Stop:
             pass
         except CallEnded:
-            self._end_on_close()
+            if self._only_hangup_left():
+                self._close_turn("ok")
+                self._end(Outcome.COMPLETED, "the agent hung up")
+            else:
+                self._end_on_close()
         except asyncio.CancelledError:
             self._end(Outcome.ERROR, "cancelled: the run was stopped before this call finished")
             self._shutdown()
@@ -152,6 +156,11 @@ class Call:
         self._finish(started)
         return record
 
+    def _only_hangup_left(self) -> bool:
+        """The agent hung up during the last turn and the script expected it to: that is a completed call."""
+        rest = self.script[self._step_index :]
+        return bool(rest) and all(isinstance(step, ExpectHangup) for step in rest)
+
     def _finish(self, started: float) -> None:
         record = self.record
         record.duration_s = round(self.clock.now() - started, 3)
@@ -162,10 +171,11 @@ class Call:
 
     async def _run_script(self) -> None:
         for index, step in enumerate(self.script):
+            self._step_index = index
             if isinstance(step, WaitForGreeting):
                 self._open_turn(index, "greeting", listen_from=self._start_sent_at, expected=step.expect,
                                 reply_timeout=step.timeout)
-                await self._finish_turn()
+                await self._await_first_audio()
             elif isinstance(step, Say):
                 await self._say(index, step)
             elif isinstance(step, Dtmf):
@@ -200,7 +210,7 @@ class Call:
         barge_in = step.barge_in_after is not None and self._turn is not None
         if barge_in:
             assert step.barge_in_after is not None
-            first = await self._wait_or_close(self._first_audio_future())
+            first = await self._await_first_audio()
             delay = first + step.barge_in_after - self.clock.now()
             if delay > 0:
                 await self._wait_or_close(asyncio.sleep(delay))
@@ -233,6 +243,7 @@ class Call:
     _pending_reaction_ms: float | None = None
     _barge_in_at: float | None = None
     _reply_timeout: float = 0.0
+    _step_index: int = 0
     _start_sent_at: float = 0.0
 
     def _open_turn(self, step: int, kind: str, *, listen_from: float, expected: list[str],
@@ -254,6 +265,14 @@ class Call:
     def _first_audio_future(self) -> asyncio.Future[float]:
         assert self._first_audio is not None
         return self._first_audio
+
+    async def _await_first_audio(self) -> float:
+        """Wait for the open turn's first audible audio; a turn that gets none ends the call (timed out)."""
+        try:
+            return await self._wait_or_close(self._first_audio_future())
+        except TimeoutError:
+            self._check_stop()
+            raise
 
     async def _finish_turn(self) -> None:
         """Wait until the open agent turn is over (by content and silence, see :meth:`_check_turn`)."""
@@ -302,7 +321,7 @@ class Call:
         self._turn = None
         for stretch in self.ear.close_before(float("inf")) if status != "ok" else []:
             self._on_audible(stretch, turn)
-        if status in ("ok", "cut_off"):
+        if status in ("ok", "cut_off", "no_response"):
             if turn.first_audio_at is None:
                 status = "no_response"
                 self._end(Outcome.TIMED_OUT, f"no agent audio within {self._reply_timeout:g} s "
@@ -355,6 +374,9 @@ class Call:
         if stream is None or ws is None or not ws.open:
             return
         self._play(self.playout.advance(now))
+        if self.playout.queued_bytes == 0:
+            for item in self.ear.silence_until(now):
+                self._on_heard(item)
         if self._speech:
             payload = self._speech.popleft()
             first = self._speech_started is not None and not self._speech_started.done()
@@ -437,6 +459,7 @@ class Call:
                 else:
                     self._pending_reaction_ms = reaction
         else:
+            self.record.stray_clears += 1
             target = self._turn or (self.record.turns[-1] if self.record.turns else None)
             if target is not None:
                 target.stray_clears += 1

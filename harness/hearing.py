@@ -46,27 +46,39 @@ class Heard:
 
 class Ear:
     def __init__(self, *, audible_dbfs: float = AUDIBLE_DBFS, decode: bool = True) -> None:
-        self._threshold = (10 ** (audible_dbfs / 20)) ** 2 * BLOCK_SAMPLES  # energy per block
+        amplitude = 10 ** (audible_dbfs / 20)
+        self._threshold = amplitude**2 * BLOCK_SAMPLES  # energy per block
+        # per μ-law byte: 1 if that one sample is louder than the threshold. A chunk with no such sample cannot
+        # hold an audible block (a block's RMS is at most its peak), so silence is recognised at C speed.
+        levels = formats.from_bytes(bytes(range(256)), formats.TWILIO_MULAW_8K)
+        self._loud_table = bytes(int(abs(level) > amplitude) for level in levels)
         self._decoder = PhraseDecoder(_RATE) if decode else None
         self._open: Audible | None = None
         self._timeline_end: float | None = None
+        self._quiet_fed = _GAP_FILL_S  # seconds of silence fed to the decoder since the last sound
         self._pending = np.zeros(0, dtype=np.float32)
         self._pending_start = 0.0
 
     def hear(self, start: float, mulaw: bytes) -> tuple[list[Audible], list[Heard]]:
         """Audio that played from ``start``. Returns audible stretches that ended and phrases recognised."""
-        samples = formats.from_bytes(mulaw, formats.TWILIO_MULAW_8K)
         closed: list[Audible] = []
         heard: list[Heard] = []
-        if self._timeline_end is not None and start - self._timeline_end > 1e-6:
-            gap = start - self._timeline_end
-            if self._decoder is not None:
-                fill = np.zeros(int(min(gap, _GAP_FILL_S) * _RATE), dtype=np.float32)
-                heard += self._decode(fill, start)
-        self._decode_into(heard, samples, start)
+        gap = 0.0 if self._timeline_end is None else max(0.0, start - self._timeline_end)
+        self._timeline_end = start + len(mulaw) / _RATE
+        if b"\x01" not in mulaw.translate(self._loud_table):
+            # Silence: no stretch can start, and the decoder only needs enough of it to keep phrases apart.
+            self._pending = self._pending[:0]
+            self._feed_silence(heard, gap + len(mulaw) / _RATE, self._timeline_end)
+            return closed, heard
+        if gap > 1e-6:
+            self._feed_silence(heard, gap, start)  # a break in the timeline (underrun) is silence too
+        self._quiet_fed = 0.0
+        samples = formats.from_bytes(mulaw, formats.TWILIO_MULAW_8K)
+        if self._decoder is not None:
+            heard += self._decode(samples, self._timeline_end)
         # energy per 5 ms block, carrying a partial block over to the next call
         if self._pending.size and abs(self._pending_start + self._pending.size / _RATE - start) > 1e-6:
-            self._pending = np.zeros(0, dtype=np.float32)
+            self._pending = self._pending[:0]
         if not self._pending.size:
             self._pending_start = start
         buffer = np.concatenate([self._pending, samples]) if self._pending.size else samples
@@ -74,14 +86,27 @@ class Ear:
         if whole:
             blocks = buffer[:whole].reshape(-1, BLOCK_SAMPLES)
             energy = np.einsum("ij,ij->i", blocks, blocks)
-            loud = np.flatnonzero(energy > self._threshold)
-            for index in loud:
+            for index in np.flatnonzero(energy > self._threshold):
                 block_start = self._pending_start + int(index) * BLOCK_S
                 closed += self._extend(block_start, block_start + BLOCK_S)
         self._pending = buffer[whole:].copy()
         self._pending_start += whole / _RATE
-        self._timeline_end = start + samples.size / _RATE
         return closed, heard
+
+    def silence_until(self, now: float) -> list[Heard]:
+        """Nothing is playing up to ``now``: the decoder hears that silence (it ends the phrase it was in)."""
+        heard: list[Heard] = []
+        if self._timeline_end is not None and now > self._timeline_end and self._quiet_fed < _GAP_FILL_S:
+            self._feed_silence(heard, now - self._timeline_end, now)
+            self._timeline_end = now
+        return heard
+
+    def _feed_silence(self, heard: list[Heard], seconds: float, at: float) -> None:
+        if self._decoder is None or self._quiet_fed >= _GAP_FILL_S:
+            return
+        take = min(seconds, _GAP_FILL_S - self._quiet_fed)
+        self._quiet_fed += take
+        heard += self._decode(np.zeros(round(take * _RATE), dtype=np.float32), at)
 
     def close_before(self, now: float) -> list[Audible]:
         """Close the open stretch if nothing audible can extend it any more (silence since, up to ``now``)."""
@@ -109,7 +134,7 @@ class Ear:
             return [], 0
         events = self._decoder.flush()
         self._decoder = PhraseDecoder(_RATE)
-        self._timeline_end = None
+        self._quiet_fed = _GAP_FILL_S
         heard = [Heard(e.text, "", e.end) for e in events if isinstance(e, DecodedPhrase)]
         cut = sum(1 for e in events if isinstance(e, UndecodableAudio))
         return heard, cut
@@ -127,10 +152,6 @@ class Ear:
         done = [self._open] if self._open is not None else []
         self._open = Audible(start, end)
         return done
-
-    def _decode_into(self, heard: list[Heard], samples: np.ndarray, start: float) -> None:
-        if self._decoder is not None:
-            heard += self._decode(samples, start + samples.size / _RATE)
 
     def _decode(self, samples: np.ndarray, at: float) -> list[Heard]:
         assert self._decoder is not None

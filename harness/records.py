@@ -68,6 +68,7 @@ class CallRecord:
     frames_sent: int = 0
     marks_echoed: int = 0
     clears: int = 0
+    stray_clears: int = 0  # clears while nothing played (e.g. Pipecat clears at every caller turn)
     protocol_errors: int = 0
     protocol_error_examples: list[str] = field(default_factory=list)
     unexpected_messages: int = 0

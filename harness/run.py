@@ -103,7 +103,8 @@ class Progress:
 
 
 async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Path, allow_remote: bool = False,
-                       out: TextIO = sys.stdout, max_calls: int | None = None) -> RunResult:
+                       out: TextIO | None = None, max_calls: int | None = None) -> RunResult:
+    out = out or sys.stdout
     run_dir = new_run_dir(runs_dir, scenario.name)
     shutil.copy(scenario_path, run_dir / "scenario.yaml")
     events = EventLog(run_dir / "events.jsonl")
@@ -170,7 +171,9 @@ async def _place_calls(scenario: Scenario, dial: Dial, calls_total: int, clock: 
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
-        env = CallEnvironment(clock=clock, pacer=pacer, voice=Voice(), http=http, rng=rng, emit=events.emit)
+        voice = Voice()
+        voice.prepare(scenario.script)
+        env = CallEnvironment(clock=clock, pacer=pacer, voice=voice, http=http, rng=rng, emit=events.emit)
         pacer_task = asyncio.create_task(pacer.run())
         tasks: set[asyncio.Task[CallRecord]] = set()
 

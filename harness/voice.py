@@ -6,13 +6,15 @@ Every call in a run says the same few phrases, so each is encoded once per proce
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
 
 from harness.audio import formats, g711
-from harness.audio.phrase_codec import encode_phrase
+from harness.audio.phrase_codec import decode_phrases, encode_phrase
 from harness.audio.wav import read_wav
+from harness.scenario import Say, Step
 
 FRAME_BYTES = 160  # 20 ms of μ-law at 8 kHz: what Twilio sends per media message
 SILENCE_FRAME_B64 = base64.b64encode(bytes([g711.MULAW_SILENCE]) * FRAME_BYTES).decode("ascii")
@@ -34,6 +36,23 @@ class Voice:
     def __init__(self, cache_size: int = 256) -> None:
         self.phrase_frames = lru_cache(maxsize=cache_size)(self._phrase_frames)
         self.wav_frames = lru_cache(maxsize=cache_size)(self._wav_frames)
+
+    def prepare(self, script: Sequence[Step]) -> int:
+        """Encode every utterance of ``script`` now, so no call pays for it inside its 20 ms pacing."""
+        count = 0
+        for step in script:
+            if isinstance(step, Say):
+                if step.text is not None:
+                    self.phrase_frames(step.text)
+                else:
+                    self.wav_frames(step.wav or "")
+                count += 1
+        # the phrase decoder builds its templates on first use: pay that here too
+        decode_phrases(formats.from_bytes(self.phrase_frames_bytes("warm up."), formats.TWILIO_MULAW_8K), 8000)
+        return count
+
+    def phrase_frames_bytes(self, text: str) -> bytes:
+        return b"".join(base64.b64decode(frame) for frame in self.phrase_frames(text))
 
     @staticmethod
     def _phrase_frames(text: str) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from harness.caller import Call, CallEnvironment, Dial
 from harness.clock import MonotonicClock
 from harness.pacer import Pacer
 from harness.records import Outcome
-from harness.scenario import HangUp, Limits, Say
+from harness.scenario import HangUp, Limits, Say, WaitForGreeting
 from harness.testing.known_agent import KnownAgent, serve_known_agent
 from harness.voice import Voice
 
@@ -67,3 +67,32 @@ async def test_latency_is_taken_on_the_playout_timeline_not_on_arrival() -> None
     assert abs((turn.response_latency_ms or 0) - 300.0) <= TOLERANCE_MS
     # phrases abut: whatever the codec's own edges, no dead air is reported
     assert turn.max_gap_ms < 150.0, turn.gaps_ms
+
+
+async def test_barge_in_reaction_is_measured_from_caller_speech_to_clear() -> None:
+    greeting = "welcome to the known agent, this greeting is long on purpose so that you can interrupt it."
+    agent = KnownAgent(reply=["you interrupted me."], reply_delay=0.3, gap=0.0, greeting=greeting, clear_after=0.25)
+    script = [WaitForGreeting(), Say(text="sorry to interrupt.", barge_in_after=1.0, expect=["you interrupted me."]),
+              HangUp()]
+    async with serve_known_agent(agent) as url:
+        record, _, _ = await _one_call(url, script)
+    assert record.outcome is Outcome.COMPLETED, record.reason
+    greeting_turn, reply = record.turns
+    assert greeting_turn.status == "interrupted"
+    assert greeting_turn.cut_phrases == 1 and greeting_turn.undecodable == 0  # cut short is not garbled
+    assert reply.barge_in and reply.status == "ok", reply
+    assert reply.barge_in_reaction_ms is not None
+    assert abs(reply.barge_in_reaction_ms - 250.0) <= TOLERANCE_MS, reply.barge_in_reaction_ms
+    assert record.clears == 1 and reply.stray_clears == 0
+
+
+async def test_a_clear_while_nothing_plays_is_not_a_reaction() -> None:
+    agent = KnownAgent(reply=["fine."], reply_delay=0.3, gap=0.0, clear_after=0.0, clear_every_turn=True)
+    script = [Say(text="first.", think_time=0.0, expect=["fine."]),
+              Say(text="second.", think_time=0.2, expect=["fine."]), HangUp()]
+    async with serve_known_agent(agent) as url:
+        record, _, _ = await _one_call(url, script)
+    assert record.outcome is Outcome.COMPLETED, record.reason
+    assert record.clears == 2
+    assert record.stray_clears == 2
+    assert all(turn.barge_in_reaction_ms is None and turn.status == "ok" for turn in record.turns)

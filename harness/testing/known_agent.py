@@ -39,9 +39,14 @@ class KnownAgent:
     gap_mode: Literal["bytes", "wait"] = "bytes"
     greeting: str | None = None
     chunk_bytes: int = 320  # Pipecat-sized media messages (40 ms)
+    #: barge-in: this long after the caller starts speaking over the agent's audio, send ``clear``
+    clear_after: float | None = None
+    #: like Pipecat, send ``clear`` at the start of every caller turn, also when nothing is playing
+    clear_every_turn: bool = False
     #: what the agent observed, for the test to compare with
     speech_ends: list[float] = field(default_factory=list)
     replies_sent_at: list[float] = field(default_factory=list)
+    clears_sent_at: list[float] = field(default_factory=list)
     _playout_end: float = field(default=0.0, init=False, repr=False)
 
     async def _send_audio(self, ws: ServerConnection, stream_sid: str, audio: bytes) -> None:
@@ -66,6 +71,12 @@ class KnownAgent:
             await self._send_audio(ws, stream_sid, audio)
         await ws.send(json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": "reply-end"}}))
 
+    async def _clear(self, ws: ServerConnection, stream_sid: str, at: float) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, at - loop.time()))
+        self.clears_sent_at.append(loop.time())
+        await ws.send(json.dumps({"event": "clear", "streamSid": stream_sid}))
+
     async def handle(self, ws: ServerConnection) -> None:
         loop = asyncio.get_running_loop()
         stream_sid = ""
@@ -78,13 +89,22 @@ class KnownAgent:
             if event == "start":
                 stream_sid = data["streamSid"]
                 if self.greeting:
-                    self._playout_end = 0.0
-                    await self._send_audio(ws, stream_sid, phrase_mulaw(self.greeting))
+                    audio = phrase_mulaw(self.greeting)
+                    self._playout_end = loop.time() + len(audio) / 8000
+                    await self._send_audio(ws, stream_sid, audio)
             elif event == "media":
                 samples = formats.from_bytes(base64.b64decode(data["media"]["payload"]), formats.TWILIO_MULAW_8K)
                 loud = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) > _LOUD_RMS
                 now = loop.time()
                 if loud:
+                    talking = now < self._playout_end
+                    if loud_since is None and self.clear_after is not None and (talking or self.clear_every_turn):
+                        for task in tuple(tasks):
+                            task.cancel()
+                        self._playout_end = now
+                        clear = asyncio.create_task(self._clear(ws, stream_sid, now + self.clear_after))
+                        tasks.add(clear)
+                        clear.add_done_callback(tasks.discard)
                     loud_since = loud_since or now
                     last_loud = now
                 elif loud_since is not None:

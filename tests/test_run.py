@@ -1,0 +1,96 @@
+"""``voicechaos run`` end to end against an agent with known behaviour: run folder, summary, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.eventlog import read_events
+from harness.testing.known_agent import KnownAgent, serve_known_agent
+
+
+@pytest.fixture
+def known_agent_url():
+    """A known agent served from its own thread and loop, so the CLI can run its own asyncio.run."""
+    agent = KnownAgent(reply=["nice to hear from you."], reply_delay=0.3, gap=0.0, greeting="hello caller.")
+    ready = threading.Event()
+    stop: dict = {}
+    holder: dict = {}
+
+    def serve() -> None:
+        async def run() -> None:
+            stop["event"] = asyncio.Event()
+            async with serve_known_agent(agent) as url:
+                holder["url"] = url
+                ready.set()
+                await stop["event"].wait()
+
+        loop = asyncio.new_event_loop()
+        holder["loop"] = loop
+        loop.run_until_complete(run())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    yield holder["url"]
+    holder["loop"].call_soon_threadsafe(stop["event"].set)
+    thread.join(10)
+
+
+def _scenario(tmp_path: Path, url: str, **extra) -> Path:
+    data = {
+        "name": "known",
+        "target": {"websocket": {"url": url}},
+        "callers": {"count": 3, "arrival_rate": 10},
+        "script": [{"wait_for_greeting": {"expect": "hello caller."}},
+                   {"say": "good morning.", "expect": "nice to hear from you."}, "hang_up"],
+        "limits": {"duration": 60, "end_of_turn_silence": 1.0},
+        **extra,
+    }
+    path = tmp_path / "known.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_run_writes_a_complete_run_folder_and_passes(tmp_path: Path, known_agent_url: str, capsys) -> None:
+    code = main(["run", str(_scenario(tmp_path, known_agent_url)), "--runs-dir", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert code == 0, out
+    assert summary["verdict"] == "pass"
+    assert summary["calls"]["outcomes"] == {"completed": 3}
+    assert summary["response_latency_ms"]["count"] == 3
+    assert 280 <= summary["response_latency_ms"]["p50"] <= 340
+    events = read_events(run_dir / "events.jsonl")
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    assert kinds.count("call_ended") == 3 and kinds.count("turn") == 6
+    assert (run_dir / "scenario.yaml").exists()
+    assert "Per call" in out and "Verdict: PASS" in out
+
+
+def test_a_missed_target_exits_1(tmp_path: Path, known_agent_url: str) -> None:
+    path = _scenario(tmp_path, known_agent_url, targets={"response_latency_p95_ms": 100})
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--calls", "1"]) == 1
+
+
+def test_a_remote_target_is_refused_before_anything_is_sent(tmp_path: Path, capsys) -> None:
+    path = _scenario(tmp_path, "ws://192.0.2.10:8080/media")
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 3
+    assert "--allow-remote" in capsys.readouterr().err
+
+
+def test_validate_reports_errors_and_exits_3(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nscript:\n  - say: {text: hi, think_time: -2}\n")
+    assert main(["validate", str(bad)]) == 3
+    assert "script[0].say.think_time" in capsys.readouterr().err
+    good = Path(__file__).resolve().parent.parent / "scenarios" / "demo.yaml"
+    assert main(["validate", str(good)]) == 0

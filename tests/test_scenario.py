@@ -1,0 +1,71 @@
+"""Scenarios are validated whole, before anything runs; errors name the file, the field path and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.scenario import ExpectHangup, Say, ScenarioError, WaitForGreeting, load_scenario, scenario_from_mapping
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_scenarios_are_valid() -> None:
+    scenario = load_scenario(ROOT / "scenarios" / "demo.yaml")
+    assert scenario.target.embedded is not None
+    assert isinstance(scenario.script[0], WaitForGreeting)
+    assert isinstance(scenario.script[1], Say) and scenario.script[1].expect == [
+        "Sure, I can book a cleaning.", "Which day works for you?"]
+    assert isinstance(scenario.script[-1], ExpectHangup)
+
+
+def test_short_forms_of_steps() -> None:
+    scenario = scenario_from_mapping(
+        {"name": "s", "script": ["wait_for_greeting", {"say": "hi", "expect": "hello"}, {"dtmf": "12#"},
+                                 {"pause": 0.5}, "hang_up"]}, "s.yaml")
+    kinds = [step.kind for step in scenario.script]
+    assert kinds == ["wait_for_greeting", "say", "dtmf", "pause", "hang_up"]
+    assert scenario.script[1].expect == ["hello"]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"name": "s", "script": [{"say": {"text": "a", "think_time": -1}}]},
+         "s.yaml: script[0].say.think_time: Input should be greater than or equal to 0"),
+        ({"name": "s", "script": ["hang_up"], "callers": {"count": 2, "rate": 3}}, "s.yaml: callers.rate: unknown key"),
+        ({"name": "s", "script": [{"sing": "la"}]}, "s.yaml: script[0]: not a step"),
+        ({"name": "s", "script": [{"say": {"text": "a", "wav": "b.wav"}}]}, "give exactly one of text or wav"),
+        ({"name": "s", "script": [{"dtmf": "12x"}]}, "script[0].dtmf.digits"),
+        ({"name": "s", "script": []}, "s.yaml: script: List should have at least 1 item"),
+        ({"name": "s", "script": ["hang_up"], "target": {"webhook": {"url": "http://x"}, "embedded": {}}},
+         "choose exactly one of embedded, webhook, websocket"),
+        ({"name": "s", "script": [{"dtmf": "1"}, {"say": {"text": "a", "barge_in_after": 1}}]},
+         "barge_in_after needs an agent turn right before it"),
+        ({"name": "bad name", "script": ["hang_up"]}, "s.yaml: name: String should match pattern"),
+    ],
+)
+def test_errors_name_the_file_the_field_and_the_reason(data: dict, expected: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        scenario_from_mapping(data, "s.yaml")
+    assert expected in str(info.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ScenarioError) as info:
+        scenario_from_mapping({"name": "s", "script": [{"pause": -1}], "callers": {"count": 0}}, "s.yaml")
+    assert len(info.value.problems) == 2
+
+
+def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nscript:\n  - say: [unclosed\n")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert str(path) in str(info.value) and "line" in str(info.value)
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="cannot read"):
+        load_scenario(tmp_path / "nope.yaml")
