@@ -146,7 +146,7 @@ class Call:
             else:
                 self._end_on_close()
         except asyncio.CancelledError:
-            self._end(Outcome.ERROR, "cancelled: the run was stopped before this call finished")
+            self._end(Outcome.TIMED_OUT, f"stopped before it finished: {self.stop_reason or 'cancelled'}")
             self._shutdown()
             self._finish(started)
             raise
@@ -244,6 +244,8 @@ class Call:
     _barge_in_at: float | None = None
     _reply_timeout: float = 0.0
     _step_index: int = 0
+    #: why the run cancelled this call (set by whoever cancels it)
+    stop_reason: str = ""
     _start_sent_at: float = 0.0
 
     def _open_turn(self, step: int, kind: str, *, listen_from: float, expected: list[str],

@@ -176,12 +176,17 @@ async def _place_calls(scenario: Scenario, dial: Dial, calls_total: int, clock: 
         env = CallEnvironment(clock=clock, pacer=pacer, voice=voice, http=http, rng=rng, emit=events.emit)
         pacer_task = asyncio.create_task(pacer.run())
         tasks: set[asyncio.Task[CallRecord]] = set()
+        active: set[Call] = set()
 
         async def one_call(call_id: int) -> CallRecord:
             async with concurrency:
                 call = Call(env, call_id, scenario.script, scenario.limits, dial)
-                record = await call.run()
-                done.append(record)
+                active.add(call)
+                try:
+                    record = await call.run()
+                finally:
+                    active.discard(call)
+                    done.append(call.record)
                 return record
 
         async def launcher() -> None:
@@ -209,6 +214,8 @@ async def _place_calls(scenario: Scenario, dial: Dial, calls_total: int, clock: 
             if launch not in finished:
                 stop_reason = stop_reason or f"the run reached limits.duration ({scenario.limits.duration:g} s)"
                 launch.cancel()
+                for call in active:
+                    call.stop_reason = stop_reason
                 for task in tasks:
                     task.cancel()
                 # cancelled calls still record themselves; give them a moment to do so

@@ -94,3 +94,61 @@ def test_validate_reports_errors_and_exits_3(tmp_path: Path, capsys) -> None:
     assert "script[0].say.think_time" in capsys.readouterr().err
     good = Path(__file__).resolve().parent.parent / "scenarios" / "demo.yaml"
     assert main(["validate", str(good)]) == 0
+
+
+def test_ctrl_c_keeps_everything_recorded_and_still_writes_the_summary(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    agent = KnownAgent(reply=["ok."], reply_delay=0.2, gap=0.0, greeting="hello caller.")
+    connected = threading.Event()
+    original = agent.handle
+
+    async def handle(ws) -> None:  # type: ignore[no-untyped-def]
+        connected.set()
+        await original(ws)
+
+    agent.handle = handle  # type: ignore[method-assign]
+    holder: dict = {}
+    ready = threading.Event()
+
+    def serve() -> None:
+        async def run() -> None:
+            holder["stop"] = asyncio.Event()
+            async with serve_known_agent(agent) as url:
+                holder["url"] = url
+                ready.set()
+                await holder["stop"].wait()
+
+        holder["loop"] = asyncio.new_event_loop()
+        holder["loop"].run_until_complete(run())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    data = {"name": "long", "target": {"websocket": {"url": holder["url"]}},
+            "callers": {"count": 2, "arrival_rate": 10},
+            "script": ["wait_for_greeting", {"pause": 60}, "hang_up"], "limits": {"duration": 120}}
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(data))
+    process = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(path), "--runs-dir",
+                                str(tmp_path / "runs")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert connected.wait(30)
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(10)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "interrupted by the user" in summary["interrupted"], out
+    events = read_events(run_dir / "events.jsonl")
+    started = [e for e in events if e["event"] == "call_started"]
+    ended = [e for e in events if e["event"] == "call_ended"]
+    assert started and len(ended) == len(started)
+    assert all(e["outcome"] == "timed_out" and "interrupted" in e["reason"] for e in ended), ended
+    assert events[-1]["event"] == "run_finished"
