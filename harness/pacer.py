@@ -32,6 +32,7 @@ class Pacer:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._slots: list[list[Paced]] = [[] for _ in range(SLOTS)]
+        self._first: dict[Paced, float] = {}  # a call's first frame: never tick it for an earlier grid point
         self._epoch = clock.now()
         self._wake = asyncio.Event()
         self.lateness = LatenessHistogram()
@@ -45,9 +46,12 @@ class Pacer:
         now = self._clock.now()
         # first grid point of this slot strictly after now
         period_index = int((now - self._epoch - slot * SLOT_S) // FRAME_S) + 1
-        return self._epoch + slot * SLOT_S + period_index * FRAME_S
+        first = self._epoch + (period_index * SLOTS + slot) * SLOT_S  # the same arithmetic as run()
+        self._first[call] = first
+        return first
 
     def remove(self, call: Paced) -> None:
+        self._first.pop(call, None)
         for slot in self._slots:
             if call in slot:
                 slot.remove(call)
@@ -60,17 +64,14 @@ class Pacer:
     async def run(self) -> None:
         """Tick due slots for ever (cancel to stop). Sleeps while no call is paced."""
         clock = self._clock
-        slot_index = 0
-        scheduled = self._epoch
+        step = self._resume()
         while True:
             if not self.active:
                 self._wake.clear()
                 await self._wake.wait()
-                # resume on the grid: skip the slots that passed while idle
-                elapsed = clock.now() - self._epoch
-                step = int(elapsed // SLOT_S) + 1
-                slot_index = step % SLOTS
-                scheduled = self._epoch + step * SLOT_S
+                step = self._resume()  # back on the grid: skip the slots that passed while idle
+            scheduled = self._epoch + step * SLOT_S  # by multiplication: no float drift over a long soak
+            slot_index = step % SLOTS
             now = clock.now()
             if scheduled > now:
                 await asyncio.sleep(scheduled - now)
@@ -78,10 +79,15 @@ class Pacer:
             calls = self._slots[slot_index]
             if calls:
                 self.ticks += 1
+                first = self._first
                 for call in tuple(calls):
+                    if scheduled + 1e-9 < first.get(call, scheduled):
+                        continue
                     call.tick(scheduled, now)
                     sent = clock.now()
                     self.lateness.record(sent - scheduled)
                     now = sent
-            slot_index = (slot_index + 1) % SLOTS
-            scheduled += SLOT_S
+            step += 1
+
+    def _resume(self) -> int:
+        return int((self._clock.now() - self._epoch) // SLOT_S) + 1
