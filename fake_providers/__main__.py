@@ -1,0 +1,3 @@
+from fake_providers.cli import main
+
+raise SystemExit(main())
