@@ -76,9 +76,10 @@ class ListenOptions(BaseModel):
     smart_format: bool = False
     language: str = "en"
 
-    @field_validator("sample_rate", mode="before")
+    @field_validator("sample_rate", "channels", mode="before")
     @classmethod
     def _integral_rate(cls, value: Any) -> Any:
+        # query values arrive as strings ("channels=1", as Pipecat sends it)
         return integral(value)
 
     @field_validator("endpointing", mode="before")

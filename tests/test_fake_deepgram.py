@@ -226,6 +226,8 @@ def test_listen_query_parsing() -> None:
             ListenOptions.model_validate(bad)
     with pytest.raises(ValidationError, match="channels"):
         ListenOptions.model_validate({"encoding": "mulaw", "sample_rate": "8000", "channels": "2"})
+    # query strings carry numbers as text: Pipecat sends channels=1
+    assert ListenOptions.model_validate({"encoding": "mulaw", "sample_rate": "8000", "channels": "1"}).channels == 1
 
 
 # -- the speak core ----------------------------------------------------------------------------------------

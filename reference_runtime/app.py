@@ -1,0 +1,293 @@
+"""The composition root: :func:`create_app` builds one runtime (an aiohttp application) from its config and
+the seams it is given, and nothing else in the package holds state.
+
+Routes:
+- ``POST /voice``   Twilio voice webhook -> TwiML ``<Connect><Stream>`` (or ``<Reject reason="busy"/>`` when
+  full)
+- ``GET /media``    Twilio Media Streams websocket, one :class:`~reference_runtime.call.Call` per connection
+- ``GET /healthz``  liveness + active calls and capacity (JSON)
+- ``GET /readyz``   200 while accepting calls, 503 when full or draining
+- ``GET /metrics``  Prometheus text from this app's own registry
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from harness.clock import Clock, MonotonicClock
+from reference_runtime import signature, twiml
+from reference_runtime.admission import CLOSE_TRY_AGAIN_LATER, Admission
+from reference_runtime.audio_plan import AudioPlanner, plan_from_config
+from reference_runtime.call import Call, CallServices, LinkClosed
+from reference_runtime.config import RuntimeConfig
+from reference_runtime.metrics import CONTENT_TYPE, RuntimeMetrics, process_rss_bytes
+from reference_runtime.providers import Providers, build_providers
+from reference_runtime.recording import FolderRecordingSink, MemoryRecordingSink, RecordingSink
+from reference_runtime.tools import HttpToolRunner, StaticToolRunner, ToolRunner
+from reference_runtime.workflow import HttpWorkflowClient, LoggingWorkflowClient, WorkflowClient
+
+log = logging.getLogger(__name__)
+
+#: RFC 6455 1001 "Going Away": the process is shutting down.
+CLOSE_GOING_AWAY = 1001
+
+
+@dataclass
+class Runtime:
+    """Everything one app owns. Seams left ``None`` are built from the config at startup (they need the HTTP
+    session, which must be created inside the running loop)."""
+
+    config: RuntimeConfig
+    clock: Clock
+    admission: Admission
+    metrics: RuntimeMetrics
+    audio_planner: AudioPlanner
+    recording_sink: RecordingSink
+    providers: Providers | None = None
+    workflow: WorkflowClient | None = None
+    tools: ToolRunner | None = None
+    session: aiohttp.ClientSession | None = None
+    calls: dict[str, Call] = field(default_factory=dict)
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def next_call_id(self) -> str:
+        return f"call-{next(self._ids)}"
+
+    def services(self) -> CallServices:
+        assert self.providers is not None and self.workflow is not None and self.tools is not None
+        return CallServices(
+            config=self.config,
+            providers=self.providers,
+            audio_planner=self.audio_planner,
+            clock=self.clock,
+            metrics=self.metrics,
+            recording_sink=self.recording_sink,
+            workflow=self.workflow,
+            tools=self.tools,
+        )
+
+    def request_stop(self) -> None:
+        """Drain and exit (SIGTERM today; the memory safeguard later)."""
+        self.admission.drain()
+        self.stop_requested.set()
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def create_app(
+    config: RuntimeConfig,
+    *,
+    clock: Clock | None = None,
+    recording_sink: RecordingSink | None = None,
+    workflow_client: WorkflowClient | None = None,
+    tool_runner: ToolRunner | None = None,
+    providers: Providers | None = None,
+    audio_planner: AudioPlanner = plan_from_config,
+) -> web.Application:
+    admission = Admission(config.capacity)
+    metrics = RuntimeMetrics(
+        active_calls=lambda: len(admission.active),
+        capacity=lambda: admission.capacity,
+        ready=lambda: 1.0 if admission.accepting else 0.0,
+    )
+    if recording_sink is None:
+        if config.recording.folder:
+            recording_sink = FolderRecordingSink(config.recording.folder)
+        else:
+            recording_sink = MemoryRecordingSink(config.recording.keep_last)
+    runtime = Runtime(
+        config=config,
+        clock=clock or MonotonicClock(),
+        admission=admission,
+        metrics=metrics,
+        audio_planner=audio_planner,
+        recording_sink=recording_sink,
+        providers=providers,
+        workflow=workflow_client,
+        tools=tool_runner,
+    )
+    app = web.Application()
+    app[RUNTIME] = runtime
+    app.router.add_post("/voice", voice_webhook)
+    app.router.add_get("/media", media_stream)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.cleanup_ctx.append(_http_session)
+    app.on_shutdown.append(_close_calls)
+    return app
+
+
+async def _http_session(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    config = runtime.config
+    runtime.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0))
+    if runtime.providers is None:
+        runtime.providers = build_providers(
+            config.providers, runtime.session, clock=runtime.clock, observer=runtime.metrics
+        )
+    if runtime.workflow is None:
+        runtime.workflow = (
+            HttpWorkflowClient(config.workflow.url, runtime.session, timeout_s=config.workflow.timeout_s)
+            if config.workflow.url
+            else LoggingWorkflowClient()
+        )
+    if runtime.tools is None:
+        runtime.tools = (
+            HttpToolRunner(config.tools.url, runtime.session, timeout_s=config.tools.timeout_s)
+            if config.tools.url
+            else StaticToolRunner(config.tools.static_results)
+        )
+    yield
+    await runtime.session.close()
+
+
+async def _close_calls(app: web.Application) -> None:
+    runtime = app[RUNTIME]
+    runtime.admission.drain()
+    for ws in list(runtime.sockets):
+        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+            await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
+
+
+# --- the voice webhook (protocol section 1) -----------------------------------------------------------------
+
+
+def _public_url(request: web.Request) -> str:
+    """The URL Twilio called, as it signed it (scheme from X-Forwarded-Proto behind a TLS-terminating
+    proxy)."""
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme)
+    return str(request.url.with_scheme(proto))
+
+
+def _ws_url(request: web.Request, config: RuntimeConfig) -> str:
+    if config.public_ws_url:
+        return config.public_ws_url
+    secure = request.headers.get("X-Forwarded-Proto", request.scheme) == "https"
+    return f"{'wss' if secure else 'ws'}://{request.host}/media"
+
+
+async def voice_webhook(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    form = await request.post()
+    params = [(name, str(value)) for name, value in form.items()]
+    token = runtime.config.twilio.auth_token
+    if token is not None and not signature.is_valid(
+        token, _public_url(request), params, request.headers.get("X-Twilio-Signature")
+    ):
+        log.warning("voice webhook: bad or missing X-Twilio-Signature from %s", request.remote)
+        return web.Response(status=403, text="invalid Twilio signature")
+    if not runtime.admission.has_room():
+        runtime.metrics.calls.labels(outcome="rejected_busy").inc()
+        log.info(
+            "voice webhook: rejecting call %s (%s)",
+            form.get("CallSid"),
+            "draining" if runtime.admission.draining else "at capacity",
+        )
+        return web.Response(text=twiml.reject("busy"), content_type="text/xml")
+    parameters = {"caller": str(form.get("From", ""))}
+    return web.Response(
+        text=twiml.connect_stream(_ws_url(request, runtime.config), parameters), content_type="text/xml"
+    )
+
+
+# --- the media stream (protocol sections 2-4) ---------------------------------------------------------------
+
+
+class AiohttpTwilioLink:
+    """The call's :class:`~reference_runtime.call.TwilioLink` over an aiohttp websocket (sends serialised)."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+        self._lock = asyncio.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed
+
+    async def send(self, text: str) -> None:
+        async with self._lock:
+            if self._ws.closed:
+                raise LinkClosed("the media websocket is closed")
+            try:
+                await self._ws.send_str(text)
+            except (ConnectionError, aiohttp.ClientError, RuntimeError) as error:
+                raise LinkClosed(str(error)) from error
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self._ws.closed:
+            await self._ws.close(code=code, message=reason.encode("utf-8"))
+
+
+async def _texts(ws: web.WebSocketResponse) -> AsyncIterator[str]:
+    async for message in ws:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            yield message.data
+        elif message.type == aiohttp.WSMsgType.ERROR:
+            return
+
+
+async def media_stream(request: web.Request) -> web.WebSocketResponse:
+    runtime = request.app[RUNTIME]
+    # No compression: Twilio does not negotiate it, and base64 μ-law would not shrink anyway.
+    ws = web.WebSocketResponse(compress=False, max_msg_size=1 << 20)
+    await ws.prepare(request)
+    call_id = runtime.next_call_id()
+    refused = runtime.admission.admit(call_id)
+    if refused is not None:
+        runtime.metrics.calls.labels(outcome=f"refused_{refused.reason.replace(' ', '_')}").inc()
+        log.info("media stream %s refused: %s", call_id, refused.reason)
+        await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=refused.reason.encode("utf-8"))
+        return ws
+    runtime.sockets.add(ws)
+    try:
+        call = runtime.calls[call_id] = Call(call_id, AiohttpTwilioLink(ws), runtime.services())
+        await call.run(_texts(ws))
+    finally:
+        runtime.calls.pop(call_id, None)
+        runtime.sockets.discard(ws)
+        runtime.admission.release(call_id)
+    return ws
+
+
+# --- operations ---------------------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    admission = runtime.admission
+    body = {
+        "status": "draining" if admission.draining else "ok",
+        "active_calls": len(admission.active),
+        "capacity": admission.capacity,
+        "accepting": admission.accepting,
+        "rss_bytes": int(process_rss_bytes()),
+    }
+    return web.json_response(body)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    admission = request.app[RUNTIME].admission
+    if admission.accepting:
+        return web.json_response({"ready": True})
+    reason = "draining" if admission.draining else "at capacity"
+    return web.Response(
+        status=503, text=json.dumps({"ready": False, "reason": reason}), content_type="application/json"
+    )
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = request.app[RUNTIME].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
