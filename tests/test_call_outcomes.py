@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from random import Random
 
@@ -193,3 +194,40 @@ async def test_protocol_errors_are_counted_not_fatal(platform) -> None:
     assert record.protocol_errors == 3 and record.unexpected_messages == 1
     assert record.turns[0].heard == ["still here."]
     assert any("streamSid" in text for text in record.protocol_error_examples)
+
+
+async def test_dtmf_and_wav_utterances_reach_the_platform_as_twilio_sends_them(platform, tmp_path) -> None:
+    import base64
+    import json
+
+    from harness.audio import formats
+    from harness.audio.phrase_codec import decode_phrases, encode_phrase
+    from harness.audio.wav import write_wav
+    from harness.scenario import Dtmf
+
+    wav = tmp_path / "hello.wav"
+    write_wav(wav, encode_phrase("a recorded hello.", 16000), 16000)  # 16 kHz file: the caller resamples
+    platform["twiml"] = '<Response><Connect><Stream url="ws://HOST/media"/></Connect></Response>'
+    received: list[dict] = []
+
+    async def record(ws: web.WebSocketResponse) -> None:
+        async for message in ws:
+            received.append(json.loads(message.data))
+
+    platform["media"] = record
+    record_, _ = await _run(Dial(webhook_url=f"http://{platform['host']}/voice"),
+                            [Dtmf(digits="12#", interval=0.05), Say(wav=str(wav), think_time=0.0), HangUp()],
+                            Limits(reply_timeout=0.5))
+    # the agent never answers: the call times out after the utterance, but everything was sent as Twilio would
+    assert record_.outcome is Outcome.TIMED_OUT
+    events = [m["event"] for m in received]
+    assert events[:2] == ["connected", "start"] and events[-1] == "stop"
+    assert [m["dtmf"]["digit"] for m in received if m["event"] == "dtmf"] == ["1", "2", "#"]
+    numbers = [int(m["sequenceNumber"]) for m in received[1:]]
+    assert numbers == list(range(1, len(numbers) + 1))
+    media = [m["media"] for m in received if m["event"] == "media"]
+    assert [int(m["chunk"]) for m in media] == list(range(1, len(media) + 1))
+    assert all(int(b["timestamp"]) - int(a["timestamp"]) == 20 for a, b in itertools.pairwise(media))
+    audio = b"".join(base64.b64decode(m["payload"]) for m in media)
+    heard = decode_phrases(formats.from_bytes(audio, formats.TWILIO_MULAW_8K), 8000)
+    assert [getattr(e, "text", None) for e in heard if getattr(e, "text", None)] == ["a recorded hello."]
