@@ -25,6 +25,11 @@ AUDIBLE_DBFS = -45.0
 MERGE_S = 0.05
 #: silence fed to the decoder for a break in the timeline, so phrases on both sides stay apart
 _GAP_FILL_S = 0.3
+#: audible audio is handed to the decoder in batches of this much (per-call overhead matters at 50 chunks/s per
+#: call); silence flushes the batch at once, so a phrase is decoded as soon as it has ended
+_DECODE_BATCH = int(0.2 * _RATE)
+#: loud blocks closer than this (in blocks) belong to one audible stretch
+_MERGE_BLOCKS = MERGE_S / BLOCK_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,8 @@ class Ear:
         self._open: Audible | None = None
         self._timeline_end: float | None = None
         self._quiet_fed = _GAP_FILL_S  # seconds of silence fed to the decoder since the last sound
+        self._batch: list[np.ndarray] = []
+        self._batched = 0
         self._pending = np.zeros(0, dtype=np.float32)
         self._pending_start = 0.0
 
@@ -75,7 +82,10 @@ class Ear:
         self._quiet_fed = 0.0
         samples = formats.from_bytes(mulaw, formats.TWILIO_MULAW_8K)
         if self._decoder is not None:
-            heard += self._decode(samples, self._timeline_end)
+            self._batch.append(samples)
+            self._batched += samples.size
+            if self._batched >= _DECODE_BATCH:
+                self._flush_batch(heard, self._timeline_end)
         # energy per 5 ms block, carrying a partial block over to the next call
         if self._pending.size and abs(self._pending_start + self._pending.size / _RATE - start) > 1e-6:
             self._pending = self._pending[:0]
@@ -86,9 +96,15 @@ class Ear:
         if whole:
             blocks = buffer[:whole].reshape(-1, BLOCK_SAMPLES)
             energy = np.einsum("ij,ij->i", blocks, blocks)
-            for index in np.flatnonzero(energy > self._threshold):
-                block_start = self._pending_start + int(index) * BLOCK_S
-                closed += self._extend(block_start, block_start + BLOCK_S)
+            loud = np.flatnonzero(energy > self._threshold)
+            if loud.size:
+                # runs of loud blocks that merge anyway: one _extend per run instead of one per 5 ms block
+                breaks = np.flatnonzero(np.diff(loud) - 1 >= _MERGE_BLOCKS - 1e-9)
+                firsts = [int(loud[0]), *(int(loud[b + 1]) for b in breaks)]
+                lasts = [*(int(loud[b]) for b in breaks), int(loud[-1])]
+                for first, last in zip(firsts, lasts, strict=True):
+                    closed += self._extend(self._pending_start + first * BLOCK_S,
+                                           self._pending_start + (last + 1) * BLOCK_S)
         self._pending = buffer[whole:].copy()
         self._pending_start += whole / _RATE
         return closed, heard
@@ -101,7 +117,15 @@ class Ear:
             self._timeline_end = now
         return heard
 
+    def _flush_batch(self, heard: list[Heard], at: float) -> None:
+        if self._batch:
+            samples = self._batch[0] if len(self._batch) == 1 else np.concatenate(self._batch)
+            self._batch = []
+            self._batched = 0
+            heard += self._decode(samples, at)
+
     def _feed_silence(self, heard: list[Heard], seconds: float, at: float) -> None:
+        self._flush_batch(heard, at)
         if self._decoder is None or self._quiet_fed >= _GAP_FILL_S:
             return
         take = min(seconds, _GAP_FILL_S - self._quiet_fed)
@@ -119,8 +143,8 @@ class Ear:
         heard: list[Heard] = []
         if self._decoder is not None:
             end = self._timeline_end or 0.0
-            heard = [self._event(e, end) for e in self._decoder.flush()]
-            heard = [h for h in heard if h is not None]
+            self._flush_batch(heard, end)
+            heard += [h for h in (self._event(e, end) for e in self._decoder.flush()) if h is not None]
         closed = [self._open] if self._open is not None else []
         self._open = None
         return closed, heard
@@ -132,11 +156,14 @@ class Ear:
         """
         if self._decoder is None:
             return [], 0
+        whole: list[Heard] = []
+        self._flush_batch(whole, self._timeline_end or 0.0)
         events = self._decoder.flush()
         self._decoder = PhraseDecoder(_RATE)
         self._quiet_fed = _GAP_FILL_S
-        heard = [Heard(e.text, "", e.end) for e in events if isinstance(e, DecodedPhrase)]
-        cut = sum(1 for e in events if isinstance(e, UndecodableAudio))
+        heard = [h for h in whole if h.text is not None]
+        heard += [Heard(e.text, "", e.end) for e in events if isinstance(e, DecodedPhrase)]
+        cut = sum(1 for e in events if isinstance(e, UndecodableAudio)) + sum(1 for h in whole if h.text is None)
         return heard, cut
 
     @property

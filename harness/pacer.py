@@ -33,6 +33,7 @@ class Pacer:
         self._clock = clock
         self._slots: list[list[Paced]] = [[] for _ in range(SLOTS)]
         self._first: dict[Paced, float] = {}  # a call's first frame: never tick it for an earlier grid point
+        self.active = 0
         self._epoch = clock.now()
         self._wake = asyncio.Event()
         self.lateness = LatenessHistogram()
@@ -42,6 +43,7 @@ class Pacer:
         """Start pacing ``call`` in the least busy slot; returns the scheduled time of its first frame."""
         slot = min(range(SLOTS), key=lambda i: len(self._slots[i]))
         self._slots[slot].append(call)
+        self.active += 1
         self._wake.set()
         now = self._clock.now()
         # first grid point of this slot strictly after now
@@ -55,11 +57,8 @@ class Pacer:
         for slot in self._slots:
             if call in slot:
                 slot.remove(call)
+                self.active -= 1
                 return
-
-    @property
-    def active(self) -> int:
-        return sum(len(slot) for slot in self._slots)
 
     async def run(self) -> None:
         """Tick due slots for ever (cancel to stop). Sleeps while no call is paced."""

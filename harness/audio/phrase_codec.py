@@ -471,6 +471,10 @@ class _Samples:
         self.base += k
 
 
+#: symbols classified together while a phrase plays (a batch costs little more than one symbol)
+_CLASSIFY_BATCH = 4
+
+
 class PhraseDecoder:
     """Streaming phrase decoder for one direction of one call; feed it what was heard, in chunks of any size.
 
@@ -501,6 +505,7 @@ class PhraseDecoder:
         self._start = 0  # aligned phrase start / start of a garbage stretch
         self._end = 0  # phrase end, from the length field
         self._symbols: list[int] = []  # symbols decoded so far in this phrase
+        self._scores: list[float] = []  # their match scores, from the first symbol after the header
         self._reason = ""
         self._last_active_end = 0
         self._quiet_frames = 0
@@ -609,6 +614,7 @@ class PhraseDecoder:
         self._start = start
         self._end = start + (_HEADER_SYMBOLS + length + _CRC_SYMBOLS) * SYMBOL_SAMPLES
         self._symbols = [int(v) for v in values]
+        self._scores = []
         pre = self._buf.view(start, start + 2 * SYMBOL_SAMPLES)
         self._quiet_rms = min(ACTIVE_RMS, _INNER_SILENCE_RATIO * float(np.sqrt(np.mean(pre * pre))))
         self._quiet_frames = 0
@@ -644,33 +650,41 @@ class PhraseDecoder:
             self._scan = self._buf.end
             self._state = _State.IDLE
             return
+        # classify the symbols complete so far: the work of a phrase is spread over its playout instead of
+        # landing in one burst when it ends (a caller decodes hundreds of calls in one event loop)
+        ready = (self._buf.end - self._start) // SYMBOL_SAMPLES
+        if self.progress or ready - len(self._symbols) >= _CLASSIFY_BATCH:
+            self._classify_ready(ready)
         if self.progress:
             self._report_progress(events)
 
-    def _report_progress(self, events: list[PhraseEvent]) -> None:
-        done = (self._buf.end - self._start) // SYMBOL_SAMPLES
-        payload_end = (self._end - self._start) // SYMBOL_SAMPLES - _CRC_SYMBOLS
-        done = min(done, payload_end)
-        if done <= len(self._symbols):
+    def _classify_ready(self, upto: int) -> None:
+        """Classify symbols ``len(self._symbols)`` .. ``upto`` - 1 of the current phrase (all in one batch)."""
+        upto = min(upto, (self._end - self._start) // SYMBOL_SAMPLES)
+        have = len(self._symbols)
+        if upto <= have:
             return
-        starts = self._start + SYMBOL_SAMPLES * np.arange(len(self._symbols), done)
-        values, _ = self._classify_at(starts)
+        values, scores = self._classify_at(self._start + SYMBOL_SAMPLES * np.arange(have, upto))
         self._symbols += [int(v) for v in values]
-        text = _symbols_to_text(self._symbols[_HEADER_SYMBOLS:], partial=True)
+        self._scores += [float(v) for v in scores]
+
+    def _report_progress(self, events: list[PhraseEvent]) -> None:
+        payload_end = (self._end - self._start) // SYMBOL_SAMPLES - _CRC_SYMBOLS
+        text = _symbols_to_text(self._symbols[_HEADER_SYMBOLS:payload_end], partial=True)
         if text is not None and text != self._progress_text:
             self._progress_text = text
             end = self._start + len(self._symbols) * SYMBOL_SAMPLES
             events.append(PhraseProgress(text, self._seconds(self._start), self._seconds(end)))
 
     def _finish_phrase(self, events: list[PhraseEvent]) -> None:
-        n = (self._end - self._start) // SYMBOL_SAMPLES
-        starts = self._start + SYMBOL_SAMPLES * np.arange(_HEADER_SYMBOLS, n)
-        values, scores = self._classify_at(starts)
-        body = [*self._symbols[2:_HEADER_SYMBOLS], *(int(v) for v in values)]
+        self._classify_ready((self._end - self._start) // SYMBOL_SAMPLES)
+        scores = self._scores
+        body = self._symbols[2:]
         payload, crc = body[2:-_CRC_SYMBOLS], body[-_CRC_SYMBOLS:]
         text = _symbols_to_text(payload)
-        if len(scores) and float(np.min(scores)) < MIN_SYMBOL_SCORE:
-            reason = f"unclear symbol at {self._seconds(int(starts[int(np.argmin(scores))])):.3f} s"
+        if scores and min(scores) < MIN_SYMBOL_SCORE:
+            worst = _HEADER_SYMBOLS + int(np.argmin(scores))
+            reason = f"unclear symbol at {self._seconds(self._start + worst * SYMBOL_SAMPLES):.3f} s"
         elif crc != _crc_symbols(_crc(body[:-_CRC_SYMBOLS])):
             reason = "checksum mismatch"
         elif text is None:
