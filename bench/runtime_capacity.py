@@ -29,7 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     demo_path = ROOT / "scenarios" / "demo.yaml"
     demo = load_scenario(demo_path).model_dump(mode="json")
-    print(f"{'calls':>6} {'completed':>9} {'latency p50':>12} {'p95':>8} {'max gap':>8} {'lateness p99':>13}  verdict")
+    print(f"{'calls':>6} {'completed':>9} {'latency p50':>12} {'p95':>8} {'max gap':>8} {'lateness p99':>13} "
+          f"{'runtime CPU ms per call-second':>31}  verdict")
     with tempfile.TemporaryDirectory() as runs:
         for calls in (int(x) for x in args.levels.split(",")):
             data = dict(demo)
@@ -41,9 +42,15 @@ def main() -> None:
             s = result.summary
             done = s["calls"]["outcomes"].get("completed", 0)
             latency = s["response_latency_ms"]
+            call_seconds = sum(call.duration_s or 0.0 for call in result.calls)
+            runtime_cpu = s["cpu_s"].get("runtime")
+            per_call = f"{1000 * runtime_cpu / call_seconds:.1f}" if runtime_cpu and call_seconds else "-"
             print(f"{calls:>6} {done:>9} {latency['p50']!s:>12} {latency['p95']!s:>8} "
-                  f"{s['silence_gaps_ms']['max']!s:>8} {s['harness_lateness']['p99_ms']!s:>13}  {s['verdict']}",
-                  flush=True)
+                  f"{s['silence_gaps_ms']['max']!s:>8} {s['harness_lateness']['p99_ms']!s:>13} {per_call:>31}  "
+                  f"{s['verdict']}", flush=True)
+            if runtime_cpu and call_seconds:
+                print(f"{'':>6} -> one core would hold about {1000 / (1000 * runtime_cpu / call_seconds):.0f} "
+                      "such calls in the runtime alone (CPU-bound estimate)", flush=True)
 
 
 if __name__ == "__main__":

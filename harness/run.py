@@ -105,6 +105,7 @@ class Progress:
 async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Path, allow_remote: bool = False,
                        out: TextIO | None = None, max_calls: int | None = None) -> RunResult:
     out = out or sys.stdout
+    cpu_start = time.process_time()
     run_dir = new_run_dir(runs_dir, scenario.name)
     shutil.copy(scenario_path, run_dir / "scenario.yaml")
     events = EventLog(run_dir / "events.jsonl")
@@ -131,14 +132,18 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
         dial = resolve_dial(scenario, endpoints, allow_remote=allow_remote)
         interrupted = await _place_calls(scenario, dial, calls_total, clock, pacer, rng, events, done, out)
     finally:
+        stack_cpu: dict[str, float] = {}
         if stack is not None:
+            stack_cpu = stack.cpu_seconds()
             await stack.stop()
-            events.emit("stack_stopped", {})
+            events.emit("stack_stopped", {"cpu_s": stack_cpu})
         lateness = pacer.lateness.summary_ms()
         summary = summarize([c.to_json() for c in done], lateness, scenario.targets)
         summary["scenario"] = scenario.name
         summary["run_dir"] = str(run_dir)
         summary["calls_planned"] = calls_total
+        # CPU each process used: on a shared machine, this is what tells a slow agent from a starved one
+        summary["cpu_s"] = {"harness": round(time.process_time() - cpu_start, 2), **stack_cpu}
         if interrupted:
             summary["interrupted"] = interrupted
         summary["config"] = scenario.model_dump(mode="json")

@@ -172,6 +172,18 @@ class EmbeddedStack:
         except OSError:
             return "(no log)"
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each running service has used so far, from /proc (Linux); {} elsewhere."""
+        out: dict[str, float] = {}
+        ticks = os.sysconf("SC_CLK_TCK")
+        for service in self.services:
+            try:
+                fields = Path(f"/proc/{service.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            out[service.name] = round((int(fields[11]) + int(fields[12])) / ticks, 2)  # utime, stime
+        return out
+
     async def stop(self) -> None:
         """SIGTERM every process we started (by PID), SIGKILL what is still running after a grace period."""
         for service in reversed(self.services):

@@ -133,7 +133,13 @@ def create_app(
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     config = runtime.config
-    runtime.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0))
+    # No connection-pool cap: every call holds an STT websocket for its whole length, and aiohttp's default cap of
+    # 100 connections would make call 101's LLM and TTS requests queue behind them (found at 100 concurrent calls:
+    # a third of the replies waited ~8 s). Capacity is the runtime's own admission limit, not the pool's.
+    runtime.session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
+    )
     if runtime.providers is None:
         runtime.providers = build_providers(
             config.providers, runtime.session, clock=runtime.clock, observer=runtime.metrics

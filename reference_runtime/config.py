@@ -192,7 +192,9 @@ class RuntimeConfig(_Strict):
     #: the audio the runtime exchanges with Twilio (PSTN Media Streams: μ-law 8 kHz).
     telephony_audio: AudioFormatConfig = AudioFormatConfig(encoding="mulaw", sample_rate=8000)
     #: what the runtime sends to STT.
-    stt_audio: AudioFormatConfig = AudioFormatConfig(encoding="linear16", sample_rate=16000)
+    #: Linear PCM at the telephony rate by default, as Pipecat sends Twilio audio to Deepgram: no resampling on
+    #: the hot path (every caller frame, 50 a second per call); 16 kHz is a config away and goes through soxr.
+    stt_audio: AudioFormatConfig = AudioFormatConfig(encoding="linear16", sample_rate=8000)
     #: what the runtime asks TTS for (ElevenLabs ``output_format`` / Aura ``encoding`` + ``sample_rate``).
     tts_audio: AudioFormatConfig = AudioFormatConfig(encoding="mulaw", sample_rate=8000)
     recording: RecordingConfig = Field(default_factory=RecordingConfig)

@@ -36,7 +36,8 @@ def dbfs(samples: np.ndarray) -> float:
     """RMS level of float samples in [-1, 1], in dB relative to a full-scale square wave; silence is -inf."""
     if samples.size == 0:
         return float("-inf")
-    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    x = samples.astype(np.float64, copy=False)
+    rms = float(np.sqrt(np.dot(x, x) / x.size))  # one BLAS call: this runs for every 20 ms caller frame
     return 20.0 * np.log10(rms) if rms > 0 else float("-inf")
 
 
@@ -64,7 +65,8 @@ class EnergyVad:
 
     def process(self, samples: np.ndarray) -> list[VadEvent]:
         """Feed any number of samples; returns the events completed by them, in order."""
-        buffered = np.concatenate([self._pending, np.asarray(samples, dtype=np.float32)])
+        samples = np.asarray(samples, dtype=np.float32)
+        buffered = np.concatenate([self._pending, samples]) if self._pending.size else samples
         events: list[VadEvent] = []
         whole = len(buffered) - len(buffered) % self.frame_len
         for start in range(0, whole, self.frame_len):

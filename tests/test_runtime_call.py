@@ -422,6 +422,17 @@ async def test_a_whole_call_greeting_turns_tool_goodbye_and_hang_up() -> None:
     assert [(e.name, ctx.caller) for e, ctx in s.workflow.events] == [("appointment_booked", "+15550001111")]
 
 
+async def test_caller_audio_resampled_to_16k_for_stt_is_understood() -> None:
+    # the default sends linear16 at 8 kHz; a 16 kHz STT goes through the streaming resampler (soxr)
+    async with stack(stt_audio={"encoding": "linear16", "sample_rate": 16000}) as s:
+        caller = await TwilioSide.dial(s)
+        await caller.listen(sentences=2)
+        await caller.say("I would like an appointment.")
+        assert (await caller.listen(sentences=1)).texts == ["Which day works for you?"]
+        await caller.hang_up()
+        await s.idle()
+
+
 async def test_barge_in_clears_queued_audio_and_the_caller_is_answered() -> None:
     async with stack() as s:
         caller = await TwilioSide.dial(s)

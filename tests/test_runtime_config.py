@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.audio.formats import PCM_16K, TWILIO_MULAW_8K
+from harness.audio.formats import TWILIO_MULAW_8K, AudioFormat
 from reference_runtime.config import ConfigError, load_config, parse_config
 
 MINIMAL = {
@@ -22,7 +22,7 @@ MINIMAL = {
 def test_minimal_config_has_telephony_defaults() -> None:
     config = parse_config(MINIMAL)
     assert config.telephony_audio.to_format() == TWILIO_MULAW_8K
-    assert config.stt_audio.to_format() == PCM_16K
+    assert config.stt_audio.to_format() == AudioFormat("linear16", 8000)  # no resampling on the hot path
     assert config.tts_audio.to_format() == TWILIO_MULAW_8K
     assert config.providers.tts.kind == "elevenlabs"
     assert config.twilio.auth_token is None

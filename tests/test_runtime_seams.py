@@ -14,7 +14,7 @@ import aiohttp
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from harness.audio.formats import PCM_16K, TWILIO_MULAW_8K, to_bytes
+from harness.audio.formats import PCM_16K, TWILIO_MULAW_8K, AudioFormat, to_bytes
 from harness.clock import ManualClock
 from reference_runtime.audio_plan import AudioPlan, plan_from_config
 from reference_runtime.config import DeepgramSttConfig, parse_config
@@ -142,7 +142,7 @@ def test_audio_plan_comes_from_config() -> None:
     }
     start = StreamStarted("MZ1", "CA1", "AC1", ("inbound",), {}, "audio/x-mulaw", 8000, 1)
     assert plan_from_config(parse_config({"providers": providers}), start) == AudioPlan(
-        TWILIO_MULAW_8K, PCM_16K, TWILIO_MULAW_8K
+        TWILIO_MULAW_8K, AudioFormat("linear16", 8000), TWILIO_MULAW_8K
     )
     broken = parse_config(
         {"providers": providers, "telephony_audio": {"encoding": "linear16", "sample_rate": 16000}}
