@@ -377,3 +377,30 @@ def test_unknown_event_is_an_unexpected_message(event_name: str):
 def test_unknown_event_with_wrong_stream_is_still_unexpected():
     raw = '{"event":"hello"}'
     assert started().receive(raw) == [UnexpectedMessage("hello", raw)]
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ('{"event":"media","streamSid":"MZfast","media":{"payload":"AAEC"}}', AgentMedia(b"\x00\x01\x02")),
+        ('{ "event" : "media", "streamSid": "MZfast",\n "media": {"payload": "AAEC"} }', AgentMedia(b"\x00\x01\x02")),
+        # an extra field, another key order: the full JSON path, same meaning
+        ('{"event":"media","streamSid":"MZfast","media":{"payload":"AAEC","chunk":"2"}}', AgentMedia(b"\x00\x01\x02")),
+        ('{"streamSid":"MZfast","event":"media","media":{"payload":"AAEC"}}', AgentMedia(b"\x00\x01\x02")),
+    ],
+)
+def test_media_fast_path_and_json_path_agree(message: str, expected: object) -> None:
+    stream = CallerStream("AC1", "CA1", "MZfast")
+    assert stream.receive(message) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ('{"event":"media","streamSid":"MZother","media":{"payload":"AAEC"}}', "wrong streamSid"),
+        ('{"event":"media","streamSid":"MZfast","media":{"payload":"AAE"}}', "not valid base64"),
+    ],
+)
+def test_media_fast_path_never_hides_an_error(message: str, reason: str) -> None:
+    (event,) = CallerStream("AC1", "CA1", "MZfast").receive(message)
+    assert isinstance(event, ProtocolError) and reason in event.reason
