@@ -29,10 +29,11 @@ test: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
 
+# Benchmarks print ratios measured side by side; they are not tests and take a few minutes each.
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.caller_capacity
+	$(BIN)/python -m bench.runtime_capacity
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
