@@ -11,7 +11,14 @@ from harness.scenario import ExpectHangup, Say, ScenarioError, WaitForGreeting, 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_shipped_scenarios_are_valid() -> None:
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_is_valid_and_its_agent_exists(path: Path) -> None:
+    scenario = load_scenario(path)
+    if scenario.target.embedded is not None:
+        assert (path.parent / scenario.target.embedded.agent).is_file()
+
+
+def test_the_demo_scenario() -> None:
     scenario = load_scenario(ROOT / "scenarios" / "demo.yaml")
     assert scenario.target.embedded is not None
     assert isinstance(scenario.script[0], WaitForGreeting)
