@@ -112,17 +112,21 @@ class Call:
         self.ear = Ear()
         self._loop = asyncio.get_running_loop()
         self._stream_start = 0.0
-        self._frame_index = 0
+        self._start_sent_at = 0.0
+        self._step_index = 0
+        #: why the run cancelled this call (set by whoever cancels it)
+        self.stop_reason = ""
         self._speech: deque[str] = deque()
         self._speech_started: asyncio.Future[float] | None = None
         self._speech_sent: asyncio.Future[float] | None = None
         self._turn: TurnRecord | None = None
-        self._turn_stretches: list[Audible] = []
         self._turn_done: asyncio.Future[TurnRecord] | None = None
         self._first_audio: asyncio.Future[float] | None = None
+        self._reply_timeout = 0.0
+        self._barge_in_at: float | None = None  # when the interrupting utterance started
+        self._pending_reaction_ms: float | None = None  # a reaction seen before the barge-in turn opened
         self._closed: asyncio.Future[Closed] = self._loop.create_future()
         self._hanging_up = False
-        self._expect_hangup = False
 
     # --- the script ---------------------------------------------------------------------------------------------------
 
@@ -182,9 +186,8 @@ class Call:
                 await self._finish_turn()
                 for digit in step.digits:
                     self._send(self._stream().dtmf(digit))
-                    if self._turn is not None:
-                        self._turn.dtmf += digit
-                    await asyncio.sleep(step.interval)
+                    self.record.dtmf_sent += digit
+                    await self._wait_or_close(asyncio.sleep(step.interval))
             elif isinstance(step, Pause):
                 await self._finish_turn()
                 await self._wait_or_close(asyncio.sleep(step.seconds))
@@ -194,7 +197,6 @@ class Call:
                 return
             elif isinstance(step, ExpectHangup):
                 await self._finish_turn()
-                self._expect_hangup = True
                 try:
                     async with asyncio.timeout(step.timeout):
                         await asyncio.shield(self._closed)
@@ -240,14 +242,6 @@ class Call:
 
     # --- turns --------------------------------------------------------------------------------------------------------
 
-    _pending_reaction_ms: float | None = None
-    _barge_in_at: float | None = None
-    _reply_timeout: float = 0.0
-    _step_index: int = 0
-    #: why the run cancelled this call (set by whoever cancels it)
-    stop_reason: str = ""
-    _start_sent_at: float = 0.0
-
     def _open_turn(self, step: int, kind: str, *, listen_from: float, expected: list[str],
                    reply_timeout: float) -> TurnRecord:
         if self._turn is not None:
@@ -256,7 +250,6 @@ class Call:
                           expected=[normalize_text(e) for e in expected])
         self.record.turns.append(turn)
         self._turn = turn
-        self._turn_stretches = []
         self._turn_done = self._loop.create_future()
         self._first_audio = self._loop.create_future()
         self._reply_timeout = reply_timeout
@@ -333,6 +326,8 @@ class Call:
             elif turn.expected and not self._expected_heard(turn):
                 status = "mismatch" if status == "ok" else "cut_off"
         turn.status = status
+        if turn.barge_in:
+            self._barge_in_at = None  # a later clear is not a reaction to this utterance
         if self._turn_done is not None and not self._turn_done.done():
             self._turn_done.set_result(turn)
         if self._first_audio is not None and not self._first_audio.done():

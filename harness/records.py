@@ -41,7 +41,6 @@ class TurnRecord:
     barge_in: bool = False
     barge_in_reaction_ms: float | None = None
     stray_clears: int = 0  # clear while nothing was playing (logged; no reaction)
-    dtmf: str = ""
     status: str = "open"  # ok | no_response | mismatch | garbled | interrupted | cut_off
 
     @property
@@ -66,6 +65,7 @@ class CallRecord:
     duration_s: float | None = None
     turns: list[TurnRecord] = field(default_factory=list)
     frames_sent: int = 0
+    dtmf_sent: str = ""
     marks_echoed: int = 0
     clears: int = 0
     stray_clears: int = 0  # clears while nothing played (e.g. Pipecat clears at every caller turn)

@@ -223,6 +223,7 @@ async def test_dtmf_and_wav_utterances_reach_the_platform_as_twilio_sends_them(p
     events = [m["event"] for m in received]
     assert events[:2] == ["connected", "start"] and events[-1] == "stop"
     assert [m["dtmf"]["digit"] for m in received if m["event"] == "dtmf"] == ["1", "2", "#"]
+    assert record_.dtmf_sent == "12#"
     numbers = [int(m["sequenceNumber"]) for m in received[1:]]
     assert numbers == list(range(1, len(numbers) + 1))
     media = [m["media"] for m in received if m["event"] == "media"]
