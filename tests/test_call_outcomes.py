@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import socket
-from random import Random
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from harness.caller import Call, CallEnvironment, Dial
-from harness.clock import MonotonicClock
-from harness.pacer import Pacer
+from harness.audio.g711 import MULAW_SILENCE
+from harness.caller import Dial
 from harness.records import Outcome
 from harness.scenario import ExpectHangup, HangUp, Limits, Say, WaitForGreeting
+from harness.testing.calls import place_call
 from harness.twilio.webhook import twilio_signature
-from harness.voice import Voice
 
 
 async def _run(dial: Dial, script: list, limits: Limits | None = None):
-    events: list[tuple[str, dict]] = []
-    clock = MonotonicClock()
-    pacer = Pacer(clock)
-    async with aiohttp.ClientSession() as http:
-        env = CallEnvironment(clock=clock, pacer=pacer, voice=Voice(), http=http, rng=Random(3),
-                              emit=lambda name, fields: events.append((name, fields)))
-        task = asyncio.create_task(pacer.run())
-        try:
-            record = await Call(env, 1, script, limits or Limits(reply_timeout=1.0, connect_timeout=3.0),
-                                dial).run()
-        finally:
-            task.cancel()
-    return record, events
+    call = await place_call(dial, script, limits or Limits(reply_timeout=1.0, connect_timeout=3.0), seed=3)
+    return call.record, call.events
 
 
 async def _serve(app: web.Application):
@@ -100,7 +85,7 @@ async def test_server_closing_mid_script_is_a_dropped_call(platform) -> None:
     platform["twiml"] = '<Response><Connect><Stream url="ws://HOST/media"/></Connect></Response>'
     from harness.testing.known_agent import phrase_mulaw
 
-    async def greet_then_hang_up(ws: web.WebSocketResponse) -> None:
+    async def greet_then_crash_when_spoken_to(ws: web.WebSocketResponse) -> None:
         import base64
         import json
         await ws.receive()
@@ -108,10 +93,14 @@ async def test_server_closing_mid_script_is_a_dropped_call(platform) -> None:
         payload = base64.b64encode(phrase_mulaw("hello.")).decode()
         media = {"event": "media", "streamSid": start["streamSid"], "media": {"payload": payload}}
         await ws.send_str(json.dumps(media))
-        await asyncio.sleep(1.5)
+        async for message in ws:  # the worker dies as soon as the caller speaks
+            data = json.loads(message.data)
+            if data["event"] == "media" and base64.b64decode(data["media"]["payload"]) != silence:
+                break
         await ws.close(code=1011, message=b"worker crashed")
 
-    platform["media"] = greet_then_hang_up
+    silence = bytes([MULAW_SILENCE]) * 160
+    platform["media"] = greet_then_crash_when_spoken_to
     record, events = await _run(Dial(webhook_url=f"http://{platform['host']}/voice"),
                                 [WaitForGreeting(expect=["hello."]), Say(text="are you there?", think_time=0.0),
                                  Say(text="hello?"), HangUp()], Limits(reply_timeout=5.0))

@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-from random import Random
-
-import aiohttp
 import pytest
 
-from harness.caller import Call, CallEnvironment, Dial
-from harness.clock import MonotonicClock
-from harness.pacer import Pacer
+from harness.caller import Dial
 from harness.records import Outcome
 from harness.scenario import HangUp, Limits, Say, WaitForGreeting
+from harness.testing.calls import place_call
 from harness.testing.known_agent import KnownAgent, serve_known_agent
-from harness.voice import Voice
 
 TOLERANCE_MS = 20.0
 
 
 async def _one_call(url: str, script: list, limits: Limits | None = None):
-    events: list[tuple[str, dict]] = []
-    clock = MonotonicClock()
-    pacer = Pacer(clock)
-    async with aiohttp.ClientSession() as http:
-        env = CallEnvironment(clock=clock, pacer=pacer, voice=Voice(), http=http, rng=Random(7),
-                              emit=lambda name, fields: events.append((name, fields)))
-        pacer_task = asyncio.create_task(pacer.run())
-        try:
-            call = Call(env, 0, script, limits or Limits(end_of_turn_silence=1.5, settle=0.3), Dial(websocket_url=url))
-            record = await call.run()
-        finally:
-            pacer_task.cancel()
-    return record, events, pacer
+    call = await place_call(Dial(websocket_url=url), script, limits or Limits(end_of_turn_silence=1.5, settle=0.3))
+    return call.record, call.events, call.pacer
 
 
 @pytest.mark.parametrize("gap_mode", ["bytes", "wait"])
