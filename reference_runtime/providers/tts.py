@@ -50,20 +50,47 @@ async def _stream_audio(
         raise ProviderError("tts", name, f"{reason}: {error!r}") from error
 
 
-class ElevenLabsTextToSpeech:
+class _HttpTextToSpeech:
+    """One streamed POST per sentence; the subclasses say where to, with which headers and body."""
+
+    name = ""
+
     def __init__(
         self,
-        config: ElevenLabsTtsConfig,
+        config: ElevenLabsTtsConfig | DeepgramTtsConfig,
         session: aiohttp.ClientSession,
         *,
         clock: Clock,
         observer: ProviderObserver,
     ) -> None:
-        self.name = "elevenlabs"
         self._config = config
         self._session = session
         self._clock = clock
         self._observer = observer
+
+    def url(self, audio_format: AudioFormat) -> str:
+        raise NotImplementedError
+
+    def _request(self, text: str) -> tuple[dict[str, str], dict[str, Any]]:
+        raise NotImplementedError
+
+    def synthesize(self, text: str, audio_format: AudioFormat) -> AsyncIterator[bytes]:
+        headers, body = self._request(text)
+        return _stream_audio(
+            self._session,
+            self.url(audio_format),
+            name=self.name,
+            headers=headers,
+            body=body,
+            timeout_s=self._config.timeout_s,
+            clock=self._clock,
+            observer=self._observer,
+        )
+
+
+class ElevenLabsTextToSpeech(_HttpTextToSpeech):
+    name = "elevenlabs"
+    _config: ElevenLabsTtsConfig
 
     def url(self, audio_format: AudioFormat) -> str:
         base = self._config.base_url.rstrip("/")
@@ -72,33 +99,13 @@ class ElevenLabsTextToSpeech:
             f"?output_format={elevenlabs_output_format(audio_format)}"
         )
 
-    def synthesize(self, text: str, audio_format: AudioFormat) -> AsyncIterator[bytes]:
-        return _stream_audio(
-            self._session,
-            self.url(audio_format),
-            name=self.name,
-            headers={"xi-api-key": self._config.api_key},
-            body={"text": text, "model_id": self._config.model},
-            timeout_s=self._config.timeout_s,
-            clock=self._clock,
-            observer=self._observer,
-        )
+    def _request(self, text: str) -> tuple[dict[str, str], dict[str, Any]]:
+        return {"xi-api-key": self._config.api_key}, {"text": text, "model_id": self._config.model}
 
 
-class DeepgramTextToSpeech:
-    def __init__(
-        self,
-        config: DeepgramTtsConfig,
-        session: aiohttp.ClientSession,
-        *,
-        clock: Clock,
-        observer: ProviderObserver,
-    ) -> None:
-        self.name = "deepgram-aura"
-        self._config = config
-        self._session = session
-        self._clock = clock
-        self._observer = observer
+class DeepgramTextToSpeech(_HttpTextToSpeech):
+    name = "deepgram-aura"
+    _config: DeepgramTtsConfig
 
     def url(self, audio_format: AudioFormat) -> str:
         base = self._config.base_url.rstrip("/")
@@ -107,14 +114,5 @@ class DeepgramTextToSpeech:
             f"&sample_rate={audio_format.sample_rate}&container=none"
         )
 
-    def synthesize(self, text: str, audio_format: AudioFormat) -> AsyncIterator[bytes]:
-        return _stream_audio(
-            self._session,
-            self.url(audio_format),
-            name=self.name,
-            headers={"Authorization": f"Token {self._config.api_key}"},
-            body={"text": text},
-            timeout_s=self._config.timeout_s,
-            clock=self._clock,
-            observer=self._observer,
-        )
+    def _request(self, text: str) -> tuple[dict[str, str], dict[str, Any]]:
+        return {"Authorization": f"Token {self._config.api_key}"}, {"text": text}
