@@ -559,9 +559,16 @@ class Call:
                     outcome = Outcome.REJECTED if response.status in (429, 503) else Outcome.FAILED_TO_CONNECT
                     self._end(outcome, f"voice webhook answered HTTP {response.status}: {text[:200].strip()}")
                     return None
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._end(Outcome.FAILED_TO_CONNECT,
-                      f"voice webhook {dial.webhook_url}: {type(exc).__name__}: {exc or 'timed out'}")
+        except aiohttp.ClientConnectorError as exc:
+            why = exc.os_error.strerror or str(exc.os_error)
+            self._end(Outcome.FAILED_TO_CONNECT, f"voice webhook {dial.webhook_url}: cannot connect ({why})")
+            return None
+        except TimeoutError:
+            self._end(Outcome.FAILED_TO_CONNECT, f"voice webhook {dial.webhook_url}: no answer within "
+                                                 f"{self.limits.connect_timeout:g} s")
+            return None
+        except (aiohttp.ClientError, OSError) as exc:
+            self._end(Outcome.FAILED_TO_CONNECT, f"voice webhook {dial.webhook_url}: {type(exc).__name__}: {exc}")
             return None
         try:
             instruction = parse_twiml(text)

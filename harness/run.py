@@ -258,7 +258,7 @@ def print_console_report(summary: dict[str, Any], calls: list[CallRecord], out: 
         max_gap = max((t.max_gap_ms for t in call.turns), default=None)
         heard = sum(len(t.heard) for t in call.turns)
         out.write(f"{call.call_id:>5} {call.outcome!s:<18} {len(call.turns):>5} {_fmt(p50, ' ms'):>12} "
-                  f"{_fmt(max_gap, ' ms'):>9} {heard:>6}  {call.reason[:70]}\n")
+                  f"{_fmt(max_gap, ' ms'):>9} {heard:>6}  {call.reason[:110]}\n")
     if len(calls) > max_rows:
         out.write(f"  ... {len(calls) - max_rows} more calls in events.jsonl\n")
     latency = summary["response_latency_ms"]

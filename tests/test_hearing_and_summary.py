@@ -86,3 +86,11 @@ def test_an_empty_run_is_not_a_pass() -> None:
     summary = summarize([], {"frames": 0, "p50_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None},
                         Targets())
     assert summary["verdict"] != "pass"
+
+
+def test_calls_that_never_connected_fail_the_run_they_do_not_make_it_invalid() -> None:
+    calls = [{"outcome": "failed_to_connect", "turns": []}] * 2
+    summary = summarize(calls, {"frames": 0, "p50_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None},
+                        Targets())
+    assert summary["verdict"] == "fail"
+    assert "call_success_rate" in summary["verdict_reason"]
