@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -27,6 +29,7 @@ AUTH_TOKEN = "voicechaos-embedded-token"
 #: reported as harness lateness and the run is invalid. Lowering the stack's priority keeps the instrument on time
 #: and lets CPU contention show where it belongs: as a slower agent.
 STACK_NICENESS = 5
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _READY_TIMEOUT = 60.0
 
 
@@ -75,9 +78,13 @@ def load_agent(path: Path) -> dict[str, Any]:
     return data
 
 
-def _lower_priority() -> None:
-    """Runs in the child before exec: see STACK_NICENESS."""
+def _prepare_child() -> None:
+    """Runs in each service's process before exec: a lower CPU priority (see STACK_NICENESS), and on Linux a
+    SIGTERM when the harness dies, so that even a harness killed with SIGKILL leaves no service behind."""
     os.nice(STACK_NICENESS)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedStack:
@@ -133,7 +140,7 @@ class EmbeddedStack:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         process = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL, env=env,
-            start_new_session=True, preexec_fn=_lower_priority)
+            start_new_session=True, preexec_fn=_prepare_child)
         log.close()
         service = Service(name, process, log_path)
         self.services.append(service)
