@@ -8,6 +8,7 @@ import socket
 import pytest
 from aiohttp import web
 
+from fake_providers.serve import serve_app
 from harness.audio.g711 import MULAW_SILENCE
 from harness.caller import Dial
 from harness.records import Outcome
@@ -19,15 +20,6 @@ from harness.twilio.webhook import twilio_signature
 async def _run(dial: Dial, script: list, limits: Limits | None = None):
     call = await place_call(dial, script, limits or Limits(reply_timeout=1.0, connect_timeout=3.0), seed=3)
     return call.record, call.events
-
-
-async def _serve(app: web.Application):
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -50,10 +42,9 @@ async def platform():
     app = web.Application()
     app.router.add_post("/voice", voice)
     app.router.add_get("/media", media)
-    runner, host = await _serve(app)
-    state["host"] = host
-    yield state
-    await runner.cleanup()
+    async with serve_app(app) as url:
+        state["host"] = url.removeprefix("http://")
+        yield state
 
 
 async def test_webhook_reject_is_a_rejected_call_and_the_request_is_signed(platform) -> None:

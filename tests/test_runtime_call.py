@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from fake_providers.deepgram import DeepgramConfig, create_deepgram_app
 from fake_providers.elevenlabs import ElevenLabsConfig, create_elevenlabs_app
 from fake_providers.openai_chat import OpenAIConfig, create_openai_app
+from fake_providers.serve import serve_app
 from harness.audio.formats import TWILIO_MULAW_8K, from_bytes, to_bytes
 from harness.audio.phrase_codec import DecodedPhrase, decode_phrases, encode_phrase
 from reference_runtime.app import RUNTIME, create_app
@@ -79,17 +80,7 @@ SCRIPT = [
 # --- the stack ----------------------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+serving = serve_app  # the fakes' own loopback server helper
 
 
 class RecordingBox:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import wave
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from fake_providers.serve import serve_app
 from harness.audio.formats import PCM_16K, TWILIO_MULAW_8K, AudioFormat, to_bytes
 from harness.clock import ManualClock
 from reference_runtime.audio_plan import AudioPlan, plan_from_config
@@ -29,17 +28,7 @@ from reference_runtime.workflow import CallContext, HttpWorkflowClient, Workflow
 CONTEXT = CallContext(call_sid="CA1", stream_sid="MZ1", caller="+15550001111")
 
 
-@asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+serving = serve_app  # the fakes' own loopback server helper
 
 
 def recording(call_sid: str = "CA1") -> Recording:
