@@ -76,8 +76,8 @@ class WebSocketClient(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # duck-typed: uvloop's transports implement asyncio.Transport without subclassing it
+        self._transport = transport  # type: ignore[assignment]
         request = self._protocol.connect()
         for name, value in self._headers.items():
             request.headers[name] = value
