@@ -106,6 +106,8 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
                        out: TextIO | None = None, max_calls: int | None = None) -> RunResult:
     out = out or sys.stdout
     cpu_start = time.process_time()
+    # an unsafe target is refused before anything is created or started
+    dial = None if scenario.target.embedded is not None else resolve_dial(scenario, None, allow_remote=allow_remote)
     run_dir = new_run_dir(runs_dir, scenario.name)
     shutil.copy(scenario_path, run_dir / "scenario.yaml")
     events = EventLog(run_dir / "events.jsonl")
@@ -129,7 +131,8 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
             events.emit("stack_started", {"runtime_url": endpoints.runtime_url, "providers": endpoints.providers})
             out.write(f"voicechaos: runtime at {endpoints.runtime_url}, providers "
                       f"{', '.join(f'{k} {v}' for k, v in endpoints.providers.items())}\n")
-        dial = resolve_dial(scenario, endpoints, allow_remote=allow_remote)
+            dial = resolve_dial(scenario, endpoints, allow_remote=allow_remote)
+        assert dial is not None
         interrupted = await _place_calls(scenario, dial, calls_total, clock, pacer, rng, events, done, out)
     finally:
         stack_cpu: dict[str, float] = {}

@@ -85,6 +85,7 @@ def test_a_remote_target_is_refused_before_anything_is_sent(tmp_path: Path, caps
     path = _scenario(tmp_path, "ws://192.0.2.10:8080/media")
     assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 3
     assert "--allow-remote" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before anything was created
 
 
 def test_validate_reports_errors_and_exits_3(tmp_path: Path, capsys) -> None:
