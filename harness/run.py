@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
@@ -29,7 +30,7 @@ from harness.records import CallRecord
 from harness.safety import check_target
 from harness.scenario import Scenario
 from harness.stack import EmbeddedStack, StackEndpoints
-from harness.summary import summarize
+from harness.summary import percentile, summarize
 from harness.voice import Voice
 
 EXIT_PASS, EXIT_FAIL, EXIT_INVALID, EXIT_USAGE, EXIT_STACK = 0, 1, 2, 3, 4
@@ -76,7 +77,10 @@ def resolve_dial(scenario: Scenario, endpoints: StackEndpoints | None, *, allow_
 
 
 class Progress:
-    """One status line: rewritten in place on a terminal, printed every few seconds otherwise (CI logs)."""
+    """One status line: rewritten in place on a terminal, printed every few seconds otherwise (CI logs).
+
+    Counts are kept as calls finish, so a line costs the same after ten calls or a hundred thousand.
+    """
 
     def __init__(self, out: TextIO, total: int) -> None:
         self.out = out
@@ -84,19 +88,30 @@ class Progress:
         self.tty = out.isatty()
         self.started = time.monotonic()
         self._last_print = 0.0
+        self.finished = 0
+        self.completed = 0
+        # the last few thousand replies: live, and cheap enough for the event loop (the summary has them all)
+        self._latencies: deque[float] = deque(maxlen=2000)
 
-    def show(self, active: int, done: list[CallRecord], pacer: Pacer, final: bool = False) -> None:
+    def call_finished(self, record: CallRecord) -> None:
+        self.finished += 1
+        self.completed += str(record.outcome) == "completed"
+        self._latencies.extend(t.response_latency_ms for t in record.turns
+                               if t.kind == "reply" and t.response_latency_ms is not None)
+
+    def show(self, active: int, pacer: Pacer, final: bool = False) -> None:
         now = time.monotonic()
         if not final and not self.tty and now - self._last_print < 5.0:
             return
         self._last_print = now
-        completed = sum(1 for c in done if str(c.outcome) == "completed")
         lateness = pacer.lateness.percentile(99)
         late = f"{lateness * 1000:.1f} ms" if lateness is not None else "-"
-        line = (f"[{now - self.started:6.1f}s] calls {len(done)}/{self.total} done ({completed} completed, "
-                f"{len(done) - completed} not), {active} active | harness lateness p99 {late}")
+        latency = f"{percentile(list(self._latencies), 95):.0f} ms" if self._latencies else "-"
+        line = (f"[{now - self.started:6.1f}s] calls {self.finished}/{self.total} done ({self.completed} completed, "
+                f"{self.finished - self.completed} not), {active} active | recent response latency p95 {latency} | "
+                f"harness lateness p99 {late}")
         if self.tty:
-            self.out.write("\r" + line.ljust(100) + ("\n" if final else ""))
+            self.out.write("\r" + line.ljust(110) + ("\n" if final else ""))
         else:
             self.out.write(line + "\n")
         self.out.flush()
@@ -195,6 +210,7 @@ async def _place_calls(scenario: Scenario, dial: Dial, calls_total: int, clock: 
                 finally:
                     active.discard(call)
                     done.append(call.record)
+                    progress.call_finished(call.record)
                 return record
 
         async def launcher() -> None:
@@ -210,7 +226,7 @@ async def _place_calls(scenario: Scenario, dial: Dial, calls_total: int, clock: 
 
         async def reporter() -> None:
             while True:
-                progress.show(pacer.active, done, pacer)
+                progress.show(pacer.active, pacer)
                 await asyncio.sleep(1.0)
 
         report_task = asyncio.create_task(reporter())
@@ -237,7 +253,7 @@ async def _place_calls(scenario: Scenario, dial: Dial, calls_total: int, clock: 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-            progress.show(pacer.active, done, pacer, final=True)
+            progress.show(pacer.active, pacer, final=True)
     if stop_reason:
         out.write(f"voicechaos: stopped early: {stop_reason}\n")
     return stop_reason
