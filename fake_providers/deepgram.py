@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,6 +28,8 @@ from fake_providers.latency import Latency, uniform
 from fake_providers.outbox import OpenSockets, serve_socket, write_paced
 from harness.clock import Clock, MonotonicClock
 
+#: the query model of a websocket endpoint
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 class DeepgramConfig(BaseModel):
     """The fake Deepgram's behaviour. Defaults are a fast, healthy provider."""
@@ -85,17 +88,28 @@ class _Deepgram:
 
     # -- /v1/listen ------------------------------------------------------------------------------------------
 
-    async def listen(self, request: web.Request) -> web.StreamResponse:
-        request_id, model_uuid = self._ids(request.query.get("model", "nova-3"))
+    async def _accept(
+        self, request: web.Request, options_model: type[OptionsT], default_model: str
+    ) -> tuple[web.WebSocketResponse, OptionsT, str, str] | web.Response:
+        """Authenticate and validate a websocket handshake (``/v1/listen``, ``/v1/speak``); refusals are HTTP,
+        as Deepgram's are, before the upgrade."""
+        request_id, model_uuid = self._ids(request.query.get("model", default_model))
         key, via_protocol = _credential(request)
         if key is None:
             return _unauthorized(request_id)
         try:
-            options = ListenOptions.model_validate(query_dict(request))
+            options = options_model.model_validate(query_dict(request))
         except ValidationError as exc:
             return _error(400, "INVALID_QUERY_PARAMETER", describe_errors(exc), request_id)
         ws = web.WebSocketResponse(protocols=("token", "bearer") if via_protocol else ())
         await ws.prepare(request)
+        return ws, options, request_id, model_uuid
+
+    async def listen(self, request: web.Request) -> web.StreamResponse:
+        accepted = await self._accept(request, ListenOptions, "nova-3")
+        if isinstance(accepted, web.Response):
+            return accepted
+        ws, options, request_id, model_uuid = accepted
         clock = self.pacer.clock
         session = ListenSession(
             options,
@@ -149,16 +163,10 @@ class _Deepgram:
         return await write_paced(request, web.StreamResponse(headers=headers), pieces, dues, self.pacer)
 
     async def speak_ws(self, request: web.Request) -> web.StreamResponse:
-        request_id, model_uuid = self._ids(request.query.get("model", "aura-2"))
-        key, via_protocol = _credential(request)
-        if key is None:
-            return _unauthorized(request_id)
-        try:
-            options = SpeakOptions.model_validate(query_dict(request))
-        except ValidationError as exc:
-            return _error(400, "INVALID_QUERY_PARAMETER", describe_errors(exc), request_id)
-        ws = web.WebSocketResponse(protocols=("token", "bearer") if via_protocol else ())
-        await ws.prepare(request)
+        accepted = await self._accept(request, SpeakOptions, "aura-2")
+        if isinstance(accepted, web.Response):
+            return accepted
+        ws, options, request_id, model_uuid = accepted
         clock = self.pacer.clock
         session = SpeakSession(
             options,
