@@ -422,10 +422,16 @@ class Call:
     # --- websocket ----------------------------------------------------------------------------------------------------
 
     def _on_message(self, message: str | bytes) -> None:
-        if self.stream is None:
+        stream = self.stream
+        if stream is None:
             return
         now = self.clock.now()
-        for event in self.stream.receive(message):
+        if isinstance(message, str):
+            payload = stream.agent_audio(message)
+            if payload is not None:
+                self.playout.enqueue_audio(payload, now)
+                return
+        for event in stream.receive(message):
             if isinstance(event, AgentMedia):
                 self.playout.enqueue_audio(event.payload, now)
             elif isinstance(event, AgentMark):

@@ -392,6 +392,10 @@ def test_unknown_event_with_wrong_stream_is_still_unexpected():
 def test_media_fast_path_and_json_path_agree(message: str, expected: object) -> None:
     stream = CallerStream("AC1", "CA1", "MZfast")
     assert stream.receive(message) == [expected]
+    # the caller's hot path either takes the message with the same payload or leaves it to receive()
+    assert stream.agent_audio(message) in (None, expected.payload)  # type: ignore[attr-defined]
+    if message.startswith('{"event":"media","streamSid":"MZfast","media":{"payload":"AAEC"}}'):
+        assert stream.agent_audio(message) == b"\x00\x01\x02"
 
 
 @pytest.mark.parametrize(
@@ -402,5 +406,7 @@ def test_media_fast_path_and_json_path_agree(message: str, expected: object) -> 
     ],
 )
 def test_media_fast_path_never_hides_an_error(message: str, reason: str) -> None:
-    (event,) = CallerStream("AC1", "CA1", "MZfast").receive(message)
+    stream = CallerStream("AC1", "CA1", "MZfast")
+    assert stream.agent_audio(message) is None
+    (event,) = stream.receive(message)
     assert isinstance(event, ProtocolError) and reason in event.reason

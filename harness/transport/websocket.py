@@ -7,7 +7,11 @@ message and hands the bytes to the transport at once; a peer that does not read 
 ``write_buffer_size`` (backpressure we can report), never as a late frame for somebody else.
 
 The protocol logic (handshake, framing, masking, ping/pong, the closing handshake) stays in ``ClientProtocol``; this
-module only moves bytes (websockets' ``docs/howto/sansio.rst``).
+module only moves bytes (websockets' ``docs/howto/sansio.rst``). Two hot paths are framed here instead, because a
+caller sends and receives 50 messages a second per call: sending an unfragmented text frame, and receiving complete
+unfragmented data frames while the connection is open (see :meth:`WebSocketClient._receive_open`). Everything else
+(control frames, fragments, anything malformed) goes through ``ClientProtocol``, always from a frame boundary, so its
+parser state stays exact.
 """
 
 from __future__ import annotations
@@ -72,6 +76,11 @@ class WebSocketClient(asyncio.Protocol):
         self._close_sent = False
         self._masks = b""
         self._mask_at = 0
+        self._max_size = max_size
+        self._fast_ok = False  # handshake accepted without extensions: data frames may skip ClientProtocol's parser
+        self._fast = False  # receiving on the fast path now (ClientProtocol's parser is at a frame boundary)
+        self._partial = b""  # the start of an incomplete frame, while on the fast path
+        self._sending = False  # ClientProtocol is OPEN (kept in step with it: read 100 times a second per call)
 
     # --- asyncio.Protocol -------------------------------------------------------------------------------------------
 
@@ -85,6 +94,9 @@ class WebSocketClient(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if self._fast:
+            self._receive_open(data)
+            return
         self._protocol.receive_data(data)
         self._flush()
         for event in self._protocol.events_received():
@@ -92,13 +104,23 @@ class WebSocketClient(asyncio.Protocol):
                 self._handshake_done(event)
             elif isinstance(event, Frame):
                 self._frame(event)
+        protocol = self._protocol
+        # back on the fast path once ClientProtocol holds no partial frame and no fragmented message
+        self._fast = (self._fast_ok and protocol.state is State.OPEN and not protocol.expect_continuation_frame
+                      and not getattr(protocol.reader, "buffer", b"?"))
 
     def eof_received(self) -> bool | None:
+        if self._fast:
+            self._fast = False
+            if self._partial:  # an incomplete frame: ClientProtocol reports it as such
+                self._protocol.receive_data(self._partial)
+                self._partial = b""
         self._protocol.receive_eof()
         self._flush()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._sending = False
         if not self._handshake.done():
             self._handshake.set_exception(
                 WebSocketConnectError(self.url, f"connection lost during the handshake ({exc or 'EOF'})")
@@ -113,7 +135,8 @@ class WebSocketClient(asyncio.Protocol):
 
     @property
     def open(self) -> bool:
-        return self._protocol.state is State.OPEN and self._transport is not None and not self._transport.is_closing()
+        transport = self._transport
+        return self._sending and transport is not None and not transport.is_closing()
 
     @property
     def write_buffer_size(self) -> int:
@@ -127,7 +150,7 @@ class WebSocketClient(asyncio.Protocol):
         ``ClientProtocol.send_text`` would produce; control frames and the closing handshake stay with it.
         """
         transport = self._transport
-        if self._protocol.state is not State.OPEN or transport is None or transport.is_closing():
+        if not self._sending or transport is None or transport.is_closing():
             return False
         data = message.encode()
         length = len(data)
@@ -165,6 +188,7 @@ class WebSocketClient(asyncio.Protocol):
     # --- internals --------------------------------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        self._sending = self._protocol.state is State.OPEN
         transport = self._transport
         if transport is None:
             return
@@ -176,11 +200,68 @@ class WebSocketClient(asyncio.Protocol):
         if self._protocol.close_expected() and self._protocol.state is State.CLOSED:
             transport.close()
 
+    def _receive_open(self, data: bytes) -> None:
+        """Receive on the fast path: complete, unfragmented text or binary frames from the server (unmasked, no RSV
+        bits: RFC 6455 §5.1, §5.2, §5.6) are delivered straight from the bytes. A control frame (§5.5) is handed
+        whole to ``ClientProtocol``, which answers pings and runs the closing handshake. Anything else (a fragment,
+        a masked or reserved frame, a frame over ``max_size``) hands the rest of the stream, from that frame's first
+        byte, to ``ClientProtocol`` for good or until it is back at a boundary."""
+        buf = self._partial + data if self._partial else data
+        size = len(buf)
+        pos = 0
+        protocol = self._protocol
+        while True:
+            if size - pos < 2:
+                self._partial = buf[pos:]
+                return
+            b0 = buf[pos]
+            length = buf[pos + 1]
+            head = 2
+            if length == 126:
+                head = 4
+            elif length == 127:
+                head = 10
+            elif length > 127:  # the MASK bit: servers must not mask (§5.1); ClientProtocol fails the connection
+                break
+            if size - pos < head:
+                self._partial = buf[pos:]
+                return
+            if head > 2:
+                length = int.from_bytes(buf[pos + 2 : pos + head], "big")
+                if self._max_size is not None and length > self._max_size:
+                    break  # ClientProtocol closes with 1009
+            end = pos + head + length
+            if end > size:
+                self._partial = buf[pos:]
+                return
+            if b0 == 0x81:  # FIN, text
+                self._on_message(buf[pos + head : end].decode("utf-8", errors="replace"))
+            elif b0 == 0x82:  # FIN, binary
+                self._on_message(buf[pos + head : end])
+            elif b0 in (0x88, 0x89, 0x8A):  # FIN close, ping, pong: ClientProtocol answers them
+                protocol.receive_data(buf[pos:end])
+                self._flush()
+                for event in protocol.events_received():
+                    if isinstance(event, Frame):
+                        self._frame(event)
+            else:
+                break
+            pos = end
+            if protocol.state is not State.OPEN or not self._fast:
+                break  # closing (ClientProtocol decides what the remaining bytes mean), or the handler closed
+        # hand over from a frame boundary
+        self._fast = False
+        self._partial = b""
+        if pos < size:
+            self.data_received(buf[pos:])
+
     def _handshake_done(self, response: Response) -> None:
         if self._handshake.done():
             return
         exc = self._protocol.handshake_exc
         if exc is None:
+            self._fast_ok = not self._protocol.extensions
+            self._sending = self._protocol.state is State.OPEN
             self._handshake.set_result(None)
             return
         status = exc.response.status_code if isinstance(exc, InvalidStatus) else response.status_code

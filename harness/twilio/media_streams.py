@@ -273,19 +273,28 @@ class CallerStream:
 
     # -- what the server sends (doc 3) --
 
+    def agent_audio(self, message: str) -> bytes | None:
+        """The payload of a plain ``media`` message for this stream, or None when ``message`` is anything else (then
+        :meth:`receive` says what it is). The hot path: 50 messages a second per call, no event object built."""
+        fast = _MEDIA_MESSAGE.match(message)
+        if fast is None or fast.group(1) != self.stream_sid:
+            return None
+        try:
+            return base64.b64decode(fast.group(2), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+
     def receive(self, message: str | bytes) -> list[ServerEvent]:
         """Parse one websocket message from the server. Never raises; see the module docstring."""
         return [self._parse(message)]
 
     def _parse(self, message: str | bytes) -> ServerEvent:
         if isinstance(message, str):
-            fast = _MEDIA_MESSAGE.match(message)
-            if fast is not None and fast.group(1) == self.stream_sid:
-                # the common media message, exactly as most servers write it: skip the JSON parser (same result)
-                try:
-                    return AgentMedia(base64.b64decode(fast.group(2), validate=True))
-                except (binascii.Error, ValueError):
-                    pass  # the full path below reports it
+            # the common media message, exactly as most servers write it: skip the JSON parser (same result);
+            # anything else, including a broken payload, is reported by the full path below
+            payload = self.agent_audio(message)
+            if payload is not None:
+                return AgentMedia(payload)
         if isinstance(message, bytes | bytearray | memoryview):
             # doc 3: every server message is JSON text; Twilio does not take binary frames.
             raw = bytes(message).decode("utf-8", "replace")
