@@ -34,6 +34,7 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.caller_capacity
 	$(BIN)/python -m bench.runtime_capacity
+	$(BIN)/python -m bench.toxiproxy_throughput
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,5 +1,5 @@
-"""Fake STT, TTS and LLM providers: real servers on loopback that the official SDKs talk to through a base
-URL.
+"""Fake STT, TTS and LLM providers (and a CRM): real servers on loopback that the official SDKs talk to
+through a base URL.
 
 One aiohttp app per provider (HTTP and websockets on one port), each built by an app factory from its typed
 config, a seeded ``random.Random`` and an injected clock:
@@ -8,40 +8,54 @@ config, a seeded ``random.Random`` and an injected clock:
 - :func:`create_elevenlabs_app` (``fake_providers.elevenlabs``): ``/v1/text-to-speech/...`` HTTP and
   websockets;
 - :func:`create_openai_app` (``fake_providers.openai_chat``): ``/v1/chat/completions`` (scripted),
-  ``/v1/models``.
+  ``/v1/models``;
+- :func:`create_crm_app` (``fake_providers.crm``): the CRM/calendar/workflow API the runtime's tool and
+  workflow seams call, recording every request.
 
 Audio is phrase audio (``harness.audio.phrase_codec``): the STT transcript is the text the codec hears, and
 TTS audio decodes back to the text it was asked to say. Every request passes through the provider's
-:class:`~fake_providers.gate.ProviderGate` (latency now, faults later; counters for metrics), and every delay
-is drawn from a :class:`~fake_providers.latency.Latency`. Run them with ``python -m fake_providers serve`` or,
-in tests, ``async with serve_app(app) as base_url``.
+:class:`~fake_providers.gate.ProviderGate` (latency, application faults and rate limiters; counters for
+metrics), and every delay is drawn from a :class:`~fake_providers.latency.Latency`. Every app serves the same
+control API under ``/_chaos`` to add and remove faults and limits at run time (fake_providers/FAULTS.md).
+Run them with ``python -m fake_providers serve`` or, in tests, ``async with serve_app(app) as base_url``.
 """
 
-from fake_providers.config import PROVIDERS, FakeProvidersConfig, load_config
+from fake_providers.config import PROVIDERS, FakeProvidersConfig, load_config, load_faults
+from fake_providers.crm import CrmConfig, create_crm_app
 from fake_providers.deepgram import DeepgramConfig, create_deepgram_app
 from fake_providers.elevenlabs import ElevenLabsConfig, create_elevenlabs_app
+from fake_providers.faults import FAULT_KINDS, Fault, FaultError, parse_fault
 from fake_providers.gate import ProviderCounters, ProviderGate, gate_of
 from fake_providers.latency import Distribution, Latency
+from fake_providers.limits import Limits
 from fake_providers.openai_chat import OpenAIConfig, create_openai_app
 from fake_providers.openai_script import Rule, ToolCallSpec
 from fake_providers.serve import serve_app
 
 __all__ = [
+    "FAULT_KINDS",
     "PROVIDERS",
+    "CrmConfig",
     "DeepgramConfig",
     "Distribution",
     "ElevenLabsConfig",
     "FakeProvidersConfig",
+    "Fault",
+    "FaultError",
     "Latency",
+    "Limits",
     "OpenAIConfig",
     "ProviderCounters",
     "ProviderGate",
     "Rule",
     "ToolCallSpec",
+    "create_crm_app",
     "create_deepgram_app",
     "create_elevenlabs_app",
     "create_openai_app",
     "gate_of",
     "load_config",
+    "load_faults",
+    "parse_fault",
     "serve_app",
 ]

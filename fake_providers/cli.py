@@ -6,6 +6,11 @@ listening, one line goes to stdout (flushed)::
 
     {"event": "listening", "name": "deepgram", "url": "http://127.0.0.1:43121"}
 
+Providers: ``deepgram``, ``elevenlabs``, ``openai`` and ``crm`` (the CRM/calendar/workflow API). Faults and
+limits in force from the start come from the config's sections or from ``--faults FILE`` (see
+``fake_providers/config.py``); at run time every provider's ``/_chaos`` control API changes them
+(fake_providers/FAULTS.md).
+
 SIGTERM or SIGINT stops every server and exits 0. Nothing else is printed to stdout.
 """
 
@@ -21,7 +26,15 @@ from typing import TextIO
 
 from aiohttp import web
 
-from fake_providers.config import PROVIDERS, ConfigError, FakeProvidersConfig, load_config, provider_rng
+from fake_providers.config import (
+    PROVIDERS,
+    ConfigError,
+    FakeProvidersConfig,
+    load_config,
+    load_faults,
+    provider_rng,
+    with_faults,
+)
 from fake_providers.serve import start_app
 
 
@@ -78,9 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a provider to run (repeatable; default: all)",
     )
     serve_cmd.add_argument("--config", type=Path, default=None, help="JSON or YAML config file")
+    serve_cmd.add_argument(
+        "--faults", type=Path, default=None, help="JSON or YAML file of faults/limits per provider, from the start"
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config) if args.config else FakeProvidersConfig()
+        if args.faults:
+            config = with_faults(config, load_faults(args.faults))
     except ConfigError as exc:
         print(f"fake_providers: {exc}", file=sys.stderr)
         return 2

@@ -20,21 +20,34 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fake_providers.audio import PhraseVoice, split_audio, wav_header
+from fake_providers.chaos import ChaosSettings, provider_app, provider_gate
 from fake_providers.deepgram_listen import ListenOptions, ListenSession
 from fake_providers.deepgram_speak import SpeakOptions, SpeakSession
-from fake_providers.gate import GATE_KEY, Pacer, ProviderGate
+from fake_providers.gate import Pacer, ProviderGate
 from fake_providers.http import bearer_or_scheme, describe_errors, query_dict, read_json
 from fake_providers.latency import Latency, uniform
 from fake_providers.outbox import OpenSockets, serve_socket, write_paced
+from fake_providers.refusals import DeepgramErrors
+from fake_providers.routes import RouteTable, by_method_and_path
 from harness.clock import Clock, MonotonicClock
 
 #: the query model of a websocket endpoint
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
-class DeepgramConfig(BaseModel):
+#: route names for fault and limit filters (``speak`` covers both)
+_ROUTE_NAMES = {
+    ("GET", "/v1/listen"): "listen",
+    ("GET", "/v1/speak"): "speak.ws",
+    ("POST", "/v1/speak"): "speak.rest",
+}
+ROUTES = RouteTable(tuple(_ROUTE_NAMES.values()))
+
+
+class DeepgramConfig(ChaosSettings):
     """The fake Deepgram's behaviour. Defaults are a fast, healthy provider."""
 
     model_config = ConfigDict(extra="forbid")
+    route_table = ROUTES
 
     port: int | None = Field(default=None, ge=0, le=65535)
     #: seeds this provider's random choices; None: derived from the config file's top-level ``seed``
@@ -122,7 +135,12 @@ class _Deepgram:
             close_on_empty_frame=self.config.close_on_empty_frame,
         )
         await serve_socket(
-            ws, session, pacer=self.pacer, sockets=self.sockets, idle_timeout_s=self.config.idle_timeout_s
+            ws,
+            session,
+            pacer=self.pacer,
+            sockets=self.sockets,
+            idle_timeout_s=self.config.idle_timeout_s,
+            request=request,
         )
         return ws
 
@@ -178,7 +196,12 @@ class _Deepgram:
             now=clock.now(),
         )
         await serve_socket(
-            ws, session, pacer=self.pacer, sockets=self.sockets, opening=session.opened(clock.now())
+            ws,
+            session,
+            pacer=self.pacer,
+            sockets=self.sockets,
+            opening=session.opened(clock.now()),
+            request=request,
         )
         return ws
 
@@ -189,10 +212,16 @@ def create_deepgram_app(
     """A fake Deepgram as an aiohttp app (HTTP and websockets on one port)."""
     config = config or DeepgramConfig()
     clock = clock or MonotonicClock()
-    gate = ProviderGate("deepgram", rng=rng or random.Random(config.seed or 0), clock=clock)
+    gate = provider_gate(
+        "deepgram",
+        config,
+        rng=rng or random.Random(config.seed or 0),
+        clock=clock,
+        errors=DeepgramErrors(),
+        describe=by_method_and_path(_ROUTE_NAMES),
+    )
     server = _Deepgram(config, gate, Pacer(clock))
-    app = web.Application(middlewares=[gate.middleware()])
-    app[GATE_KEY] = gate
+    app = provider_app(gate)
     app.on_shutdown.append(server.sockets.close_all)
     app.router.add_get("/v1/listen", server.listen)
     app.router.add_get("/v1/speak", server.speak_ws)

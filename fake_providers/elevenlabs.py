@@ -22,11 +22,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fake_providers.audio import PhraseVoice
+from fake_providers.chaos import ChaosSettings, provider_app, provider_gate
 from fake_providers.elevenlabs_streams import Chunk, InputStreamSession, http_alignment, phrase_chunks
-from fake_providers.gate import GATE_KEY, Pacer, ProviderGate
+from fake_providers.gate import Pacer, ProviderGate
 from fake_providers.http import bearer_or_scheme, read_json
 from fake_providers.latency import Latency, uniform
 from fake_providers.outbox import OpenSockets, serve_socket, write_paced
+from fake_providers.refusals import ElevenLabsErrors
+from fake_providers.routes import RouteTable, by_method_and_path
 from harness.audio.formats import AudioFormat, parse_elevenlabs_output_format
 from harness.clock import Clock, MonotonicClock
 
@@ -46,10 +49,24 @@ SUPPORTED_OUTPUT_FORMATS = (
 DEFAULT_OUTPUT_FORMAT = "mp3_44100_128"
 
 
-class ElevenLabsConfig(BaseModel):
+_BASE = "/v1/text-to-speech/{voice_id}"
+#: route names for fault and limit filters: ``http`` and ``ws`` name the two families
+_ROUTE_NAMES = {
+    ("POST", _BASE): "http.convert",
+    ("POST", _BASE + "/stream"): "http.stream",
+    ("POST", _BASE + "/with-timestamps"): "http.with_timestamps",
+    ("POST", _BASE + "/stream/with-timestamps"): "http.stream_with_timestamps",
+    ("GET", _BASE + "/stream-input"): "ws.stream_input",
+    ("GET", _BASE + "/multi-stream-input"): "ws.multi_stream_input",
+}
+ROUTES = RouteTable(tuple(_ROUTE_NAMES.values()))
+
+
+class ElevenLabsConfig(ChaosSettings):
     """The fake ElevenLabs' behaviour. Defaults are a fast, healthy provider."""
 
     model_config = ConfigDict(extra="forbid")
+    route_table = ROUTES
 
     port: int | None = Field(default=None, ge=0, le=65535)
     #: seeds this provider's random choices; None: derived from the config file's top-level ``seed``
@@ -219,7 +236,9 @@ class _ElevenLabs:
             inactivity_timeout_s=inactivity,
             now=clock.now(),
         )
-        await serve_socket(ws, session, pacer=self.pacer, sockets=self.sockets, idle_timeout_s=inactivity)
+        await serve_socket(
+            ws, session, pacer=self.pacer, sockets=self.sockets, idle_timeout_s=inactivity, request=request
+        )
         return ws
 
 
@@ -229,12 +248,18 @@ def create_elevenlabs_app(
     """A fake ElevenLabs as an aiohttp app (HTTP and websockets on one port)."""
     config = config or ElevenLabsConfig()
     clock = clock or MonotonicClock()
-    gate = ProviderGate("elevenlabs", rng=rng or random.Random(config.seed or 0), clock=clock)
+    gate = provider_gate(
+        "elevenlabs",
+        config,
+        rng=rng or random.Random(config.seed or 0),
+        clock=clock,
+        errors=ElevenLabsErrors(),
+        describe=by_method_and_path(_ROUTE_NAMES),
+    )
     server = _ElevenLabs(config, gate, Pacer(clock))
-    app = web.Application(middlewares=[gate.middleware()])
-    app[GATE_KEY] = gate
+    app = provider_app(gate)
     app.on_shutdown.append(server.sockets.close_all)
-    base = "/v1/text-to-speech/{voice_id}"
+    base = _BASE
     app.router.add_post(base, server.convert)
     app.router.add_post(base + "/stream", server.stream)
     app.router.add_post(base + "/with-timestamps", server.convert_with_timestamps)

@@ -12,7 +12,11 @@ from pydantic import ValidationError
 
 def describe_errors(error: ValidationError, *, whole: str = "(top level)") -> str:
     """``field.path: reason; other: reason``: what needs fixing, naming each field (``whole`` if none)."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}" for e in error.errors())
+    # pydantic prefixes a validator's own message with "Value error, ": noise to whoever reads it
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg'].removeprefix('Value error, ')}"
+        for e in error.errors()
+    )
 
 
 def query_dict(request: web.Request) -> dict[str, str]:

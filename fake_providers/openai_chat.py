@@ -19,7 +19,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fake_providers.gate import GATE_KEY, Pacer, ProviderGate
+from fake_providers.chaos import ChaosSettings, provider_app, provider_gate
+from fake_providers.gate import Pacer, ProviderGate
 from fake_providers.http import bearer_or_scheme, read_json
 from fake_providers.latency import Latency, uniform
 from fake_providers.openai_script import (
@@ -33,13 +34,41 @@ from fake_providers.openai_script import (
     usage,
 )
 from fake_providers.outbox import write_paced
+from fake_providers.refusals import OpenAIErrors
+from fake_providers.routes import UNMATCHED, RequestInfo, RouteTable, canonical_path
 from harness.clock import Clock, MonotonicClock
 
+#: route names for fault and limit filters
+_ROUTE_NAMES = {
+    ("POST", "/v1/chat/completions"): "chat",
+    ("GET", "/v1/models"): "models",
+    ("GET", "/v1/models/{model}"): "models",
+}
+ROUTES = RouteTable(("chat", "models"))
+#: a chat body larger than this is not read for its model name (the 429 message then names a default)
+_PEEK_LIMIT = 1 << 20
 
-class OpenAIConfig(BaseModel):
+
+async def _describe(request: web.Request) -> RequestInfo:
+    """The route, and the model a chat request asks for: OpenAI's 429 message names it."""
+    path = canonical_path(request)
+    name = _ROUTE_NAMES.get((request.method, path), UNMATCHED)
+    model = None
+    if name == "chat" and (request.content_length or 0) <= _PEEK_LIMIT:
+        try:
+            body = json.loads(await request.read() or b"null")  # aiohttp keeps it for the handler
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("model"), str):
+            model = body["model"]
+    return RequestInfo(path, name, model)
+
+
+class OpenAIConfig(ChaosSettings):
     """The fake LLM's behaviour: its script and its latency. Defaults are a fast, healthy provider."""
 
     model_config = ConfigDict(extra="forbid")
+    route_table = ROUTES
 
     port: int | None = Field(default=None, ge=0, le=65535)
     #: seeds this provider's random choices; None: derived from the config file's top-level ``seed``
@@ -158,10 +187,16 @@ def create_openai_app(
     """A fake OpenAI-compatible chat completions API as an aiohttp app."""
     config = config or OpenAIConfig()
     clock = clock or MonotonicClock()
-    gate = ProviderGate("openai", rng=rng or random.Random(config.seed or 0), clock=clock)
+    gate = provider_gate(
+        "openai",
+        config,
+        rng=rng or random.Random(config.seed or 0),
+        clock=clock,
+        errors=OpenAIErrors(),
+        describe=_describe,
+    )
     server = _OpenAI(config, gate, Pacer(clock))
-    app = web.Application(middlewares=[gate.middleware()])
-    app[GATE_KEY] = gate
+    app = provider_app(gate)
     app.router.add_post("/v1/chat/completions", server.chat_completions)
     app.router.add_get("/v1/models", server.models)
     app.router.add_get("/v1/models/{model}", server.model)

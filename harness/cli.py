@@ -24,10 +24,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--calls", type=int, default=None, help="place at most this many calls")
     validate = sub.add_parser("validate", help="check a scenario without running it")
     validate.add_argument("scenario", type=Path)
+    sub.add_parser("toxiproxy", help="run the embedded Toxiproxy server on its own (any Toxiproxy client can use it)",
+                   add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["toxiproxy"]:
+        from harness.chaos.toxiproxy import main as toxiproxy_main
+
+        return toxiproxy_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         scenario = load_scenario(args.scenario)
@@ -36,14 +43,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "validate":
         steps = ", ".join(step.kind for step in scenario.script)
+        faults = "".join(f"\n  fault: {f.label} at {f.at:g} s"
+                         f"{f' for {f.duration:g} s' if f.duration is not None else ' until the end'}"
+                         for f in scenario.faults)
         print(f"{args.scenario}: valid. {scenario.callers.count} calls at {scenario.callers.arrival_rate:g}/s; "
-              f"script: {steps}")
+              f"script: {steps}{faults}")
         return 0
     try:
         result = asyncio.run(run_scenario(scenario, args.scenario, runs_dir=args.runs_dir,
                                           allow_remote=args.allow_remote, max_calls=args.calls))
     except UnsafeTargetError as exc:
         print(f"voicechaos: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ScenarioError as exc:
+        print(f"voicechaos: invalid scenario\n{exc}", file=sys.stderr)
         return EXIT_USAGE
     except StackError as exc:
         print(f"voicechaos: the embedded stack failed to start: {exc}", file=sys.stderr)

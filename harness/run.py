@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -23,13 +24,19 @@ from typing import Any, TextIO
 import aiohttp
 
 from harness.caller import Call, CallEnvironment, Dial
+from harness.chaos.effects import fault_effects
+from harness.chaos.faults import Fault, FaultAction, ProviderFaultAction, ProxyDownAction, ToxicAction
+from harness.chaos.probes import CounterProbe
+from harness.chaos.timeline import Timeline
+from harness.chaos.toxiproxy_client import ToxicSpec, ToxiproxyClient
 from harness.clock import MonotonicClock
 from harness.eventlog import EventLog
 from harness.pacer import Pacer
 from harness.records import CallRecord
 from harness.safety import check_target
-from harness.scenario import Scenario
-from harness.stack import EmbeddedStack, StackEndpoints
+from harness.scenario import Scenario, ScenarioError
+from harness.stack import EmbeddedStack, StackEndpoints, StackError
+from harness.storage import StorageClient, StorageEndpoint, StorageError, is_complete
 from harness.summary import percentile, summarize
 from harness.voice import Voice
 
@@ -123,6 +130,14 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
     cpu_start = time.process_time()
     # an unsafe target is refused before anything is created or started
     dial = None if scenario.target.embedded is not None else resolve_dial(scenario, None, allow_remote=allow_remote)
+    plumbing: FaultPlumbing | None = None
+    storage: StorageEndpoint | None = None
+    if scenario.target.embedded is None:
+        if scenario.faults:
+            plumbing = _fault_plumbing(scenario, None, None, allow_remote=allow_remote)
+        if scenario.chaos.storage_url:
+            check_target(scenario.chaos.storage_url, allow_remote=allow_remote, what="chaos.storage_url")
+            storage = StorageEndpoint(url=scenario.chaos.storage_url, bucket=scenario.chaos.storage_bucket)
     run_dir = new_run_dir(runs_dir, scenario.name)
     shutil.copy(scenario_path, run_dir / "scenario.yaml")
     events = EventLog(run_dir / "events.jsonl")
@@ -137,20 +152,55 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
     done: list[CallRecord] = []
     interrupted = ""
     pacer = Pacer(clock)
+    timeline: Timeline | None = None
+    timeline_task: asyncio.Task[None] | None = None
+    load_start_mono, load_start_wall = clock.now(), time.time()
+    control_http = aiohttp.ClientSession()  # fault control and probes: never queued behind the calls' requests
     try:
         if scenario.target.embedded is not None:
             stack = EmbeddedStack(scenario.target.embedded, scenario_dir=scenario_path.parent, run_dir=run_dir,
-                                  seed=scenario.seed)
+                                  seed=scenario.seed, allow_remote=allow_remote)
             out.write("voicechaos: starting the embedded stack (fake providers, reference runtime)...\n")
             endpoints = await stack.start()
-            events.emit("stack_started", {"runtime_url": endpoints.runtime_url, "providers": endpoints.providers})
+            events.emit("stack_started", {
+                "runtime_url": endpoints.runtime_url, "providers": endpoints.providers,
+                "toxiproxy": endpoints.toxiproxy, "toxiproxy_url": endpoints.toxiproxy_url,
+                "dependencies": {k: d.to_json() for k, d in endpoints.dependencies.items()}})
             out.write(f"voicechaos: runtime at {endpoints.runtime_url}, providers "
                       f"{', '.join(f'{k} {v}' for k, v in endpoints.providers.items())}\n")
+            out.write(f"voicechaos: every dependency behind {endpoints.toxiproxy} at {endpoints.toxiproxy_url}\n")
             dial = resolve_dial(scenario, endpoints, allow_remote=allow_remote)
         assert dial is not None
+        if storage is not None:
+            await _ensure_bucket(storage)
+        if endpoints is not None:
+            storage = endpoints.storage
+        if scenario.faults:
+            plumbing = plumbing or _fault_plumbing(scenario, endpoints, stack, allow_remote=allow_remote)
+            timeline = Timeline(
+                [(fault, _action(index, fault, plumbing, control_http)) for index, fault in enumerate(scenario.faults)],
+                clock=clock, emit=events.emit,
+                probe=CounterProbe(control_http, metrics_url=plumbing.metrics_url,
+                                   stats_urls={name: f"{url}/stats" for name, url in plumbing.controls.items() if url}))
+            out.write(f"voicechaos: fault timeline: {len(scenario.faults)} faults "
+                      f"({'; '.join(f'{f.label} at {f.at:g} s' for f in scenario.faults)})\n")
+        load_start_mono, load_start_wall = clock.now(), time.time()
+        if timeline is not None:
+            timeline_task = asyncio.create_task(timeline.run(load_start_mono))
         interrupted = await _place_calls(scenario, dial, calls_total, clock, pacer, rng, events, done, out)
     finally:
+        run_end_s = round(clock.now() - load_start_mono, 3)
+        if timeline_task is not None:
+            # every fault still applied is rolled back here, however the load ended
+            timeline_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timeline_task
+        await control_http.close()
         stack_cpu: dict[str, float] = {}
+        recordings: dict[str, Any] | None = None
+        if storage is not None:
+            recordings = await _count_recordings(storage, done)
+            events.emit("recordings_counted", recordings)
         if stack is not None:
             stack_cpu = stack.cpu_seconds()
             await stack.stop()
@@ -164,12 +214,110 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
         summary["cpu_s"] = {"harness": round(time.process_time() - cpu_start, 2), **stack_cpu}
         if interrupted:
             summary["interrupted"] = interrupted
+        if endpoints is not None:
+            summary["toxiproxy"] = {"which": endpoints.toxiproxy, "url": endpoints.toxiproxy_url}
+            summary["dependencies"] = {k: d.to_json() for k, d in endpoints.dependencies.items()}
+        if recordings is not None:
+            summary["recordings"] = recordings
+        if timeline is not None:
+            summary["faults"] = fault_effects([w.to_json() for w in timeline.windows], [c.to_json() for c in done],
+                                              load_start_mono=load_start_mono, load_start_wall=load_start_wall,
+                                              run_end_s=run_end_s)
         summary["config"] = scenario.model_dump(mode="json")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         events.emit("run_finished", {"verdict": summary["verdict"], "interrupted": interrupted or None})
         events.close()
     print_console_report(summary, done, out)
     return RunResult(run_dir=run_dir, summary=summary, calls=done)
+
+
+async def _ensure_bucket(storage: StorageEndpoint) -> None:
+    client = StorageClient.for_endpoint(storage, timeout_s=5.0)
+    try:
+        await client.ensure_bucket()
+    except StorageError as exc:
+        raise StackError(f"object storage at {storage.url}: {exc}") from None
+    finally:
+        client.close()
+
+
+async def _count_recordings(storage: StorageEndpoint, calls: list[CallRecord], *, wait_s: float = 8.0,
+                            ) -> dict[str, Any]:
+    """List the bucket: every call the runtime took a media stream for should have left a complete recording.
+    Uploads run as calls end, so the listing is repeated for a few seconds until all are there."""
+    expected = {c.call_sid for c in calls if c.connect_ms is not None}
+    client = StorageClient.for_endpoint(storage, timeout_s=2.0, max_attempts=1)
+    complete: set[str] = set()
+    error = None
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                found = await client.recordings()
+            except StorageError as exc:
+                error = str(exc)
+                break
+            complete = {sid for sid, keys in found.items() if is_complete(keys)}
+            if expected <= complete or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        client.close()
+    missing = sorted(expected - complete)
+    return {"store": storage.url, "bucket": storage.bucket, "calls_with_media": len(expected),
+            "arrived": len(expected & complete), "missing": len(missing), "missing_call_sids": missing[:50],
+            "listing_error": error}
+
+
+@dataclass
+class FaultPlumbing:
+    """Where the faults of a run go: the Toxiproxy server, the proxy in front of each dependency, and the control
+    API of the fake behind it."""
+
+    toxiproxy: ToxiproxyClient
+    proxies: dict[str, str]
+    controls: dict[str, str | None]
+    metrics_url: str | None
+
+
+def _fault_plumbing(scenario: Scenario, endpoints: StackEndpoints | None, stack: EmbeddedStack | None, *,
+                    allow_remote: bool) -> FaultPlumbing:
+    if stack is not None and endpoints is not None:
+        assert stack.toxiproxy is not None
+        deps = endpoints.dependencies
+        return FaultPlumbing(stack.toxiproxy, {k: d.proxy.name for k, d in deps.items()},
+                             {k: d.control_url for k, d in deps.items()}, f"{endpoints.runtime_url}/metrics")
+    chaos = scenario.chaos
+    url = chaos.toxiproxy_url or os.environ.get("TOXIPROXY_URL", "").strip()
+    if not url:
+        raise ScenarioError("scenario", [("chaos.toxiproxy_url", "faults on this target need a Toxiproxy server: "
+                                                                   "set chaos.toxiproxy_url or TOXIPROXY_URL")])
+    check_target(url, allow_remote=allow_remote, what="the Toxiproxy URL")
+    for name, ref in chaos.dependencies.items():
+        if ref.control_url:
+            check_target(ref.control_url, allow_remote=allow_remote, what=f"chaos.dependencies.{name}.control_url")
+    if chaos.runtime_metrics_url:
+        check_target(chaos.runtime_metrics_url, allow_remote=allow_remote, what="chaos.runtime_metrics_url")
+    return FaultPlumbing(ToxiproxyClient(url), {k: ref.proxy for k, ref in chaos.dependencies.items()},
+                         {k: ref.control_url for k, ref in chaos.dependencies.items()}, chaos.runtime_metrics_url)
+
+
+def _action(index: int, fault: Fault, plumbing: FaultPlumbing, http: aiohttp.ClientSession) -> FaultAction:
+    proxy = plumbing.proxies.get(fault.target)
+    if proxy is None:
+        raise RuntimeError(f"fault {fault.label!r}: no proxy in front of {fault.target!r}")
+    if fault.toxic is not None:
+        toxic = fault.toxic
+        # a name per fault: two faults of one type on one proxy must not collide, nor remove each other
+        spec = ToxicSpec(type=toxic.type, stream=toxic.stream, toxicity=toxic.toxicity,
+                         attributes=dict(toxic.attributes), name=f"{toxic.type}_{toxic.stream}_fault{index}")
+        return ToxicAction(plumbing.toxiproxy, proxy, spec)
+    if fault.provider is not None:
+        control = plumbing.controls.get(fault.target)
+        if control is None:
+            raise RuntimeError(f"fault {fault.label!r}: {fault.target} has no control API")
+        return ProviderFaultAction(http, control, fault.provider)
+    return ProxyDownAction(plumbing.toxiproxy, proxy)
 
 
 async def _place_calls(scenario: Scenario, dial: Dial, calls_total: int, clock: MonotonicClock, pacer: Pacer,
@@ -267,6 +415,38 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _print_faults(faults: list[dict[str, Any]], out: TextIO) -> None:
+    if not faults:
+        return
+    out.write("\nFaults (seconds after the load started) and what they did\n")
+    for item in faults:
+        effect = item.get("effect")
+        if "index" in item:
+            when = (f"applied {_fmt(item.get('applied_at_s'), ' s')} -> removed {_fmt(item.get('removed_at_s'), ' s')}"
+                    f" ({item.get('removed_because') or 'still applied'})")
+            if item.get("error"):
+                when = f"FAILED to apply at {_fmt(item.get('applied_at_s'), ' s')}: {item['error']}"
+            if item.get("rollback_error"):
+                when += f"; ROLLBACK FAILED: {item['rollback_error']}"
+            out.write(f"  {item['label']:<28} {when}\n")
+        else:
+            out.write(f"  {item['label']:<28}\n")
+        if effect:
+            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(effect["outcomes_during"].items())) or "none"
+            latency = effect["response_latency_ms"]
+            out.write(f"  {'':<28} calls in progress {effect['calls_during']} ({outcomes}); {effect['turns']} turns, "
+                      f"response latency p95 {_fmt(latency['p95'], ' ms')}, statuses "
+                      f"{', '.join(f'{k} {v}' for k, v in sorted(effect['statuses'].items())) or '-'}\n")
+            if "calls_started_after" in effect:
+                after = ", ".join(f"{k} {v}" for k, v in sorted(effect["outcomes_after"].items())) or "none"
+                out.write(f"  {'':<28} calls started after it: {effect['calls_started_after']} ({after})\n")
+        counted = item.get("counters_delta") or {}
+        if counted:
+            shown = sorted(counted.items(), key=lambda kv: -abs(kv[1]))[:6]
+            out.write(f"  {'':<28} counted meanwhile: "
+                      f"{'; '.join(f'{k} +{v:g}' for k, v in shown)}{' ...' if len(counted) > 6 else ''}\n")
+
+
 def print_console_report(summary: dict[str, Any], calls: list[CallRecord], out: TextIO, max_rows: int = 40) -> None:
     out.write("\nPer call\n")
     header = f"{'call':>5} {'outcome':<18} {'turns':>5} {'latency p50':>12} {'max gap':>9} {'heard':>6}  reason\n"
@@ -294,6 +474,12 @@ def print_console_report(summary: dict[str, Any], calls: list[CallRecord], out: 
     out.write(f"Harness send lateness on the 20 ms grid: p50 {_fmt(lateness['p50_ms'], ' ms')}, "
               f"p99 {_fmt(lateness['p99_ms'], ' ms')}, max {_fmt(lateness['max_ms'], ' ms')} "
               f"over {lateness['frames']} frames\n")
+    _print_faults(summary.get("faults") or [], out)
+    recordings = summary.get("recordings")
+    if recordings:
+        out.write(f"Recordings in object storage: {recordings['arrived']} of {recordings['calls_with_media']} calls "
+                  f"({recordings['missing']} missing)"
+                  f"{'; listing failed: ' + recordings['listing_error'] if recordings['listing_error'] else ''}\n")
     out.write("\nTargets\n")
     for row in summary["targets"]:
         out.write(f"  {row['verdict'].upper():<13} {row['metric']:<26} measured {_fmt(row['measured']):>8}  "

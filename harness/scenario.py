@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.chaos.faults import DEPENDENCIES, Fault
+
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -187,6 +189,26 @@ class Targets(Model):
                                                                   "bottleneck: the run is invalid")
 
 
+class DependencyRef(Model):
+    """A dependency of a runtime the harness did not start: the Toxiproxy proxy in front of it, and the fault
+    control API of the fake behind it (if it is a voicechaos fake)."""
+
+    proxy: str = Field(description="the name of its proxy on the Toxiproxy server")
+    control_url: str | None = Field(None, description="the fake's fault control API (http://host:port/_chaos)")
+
+
+class Chaos(Model):
+    """Where faults go when the target is not the embedded stack (the embedded stack wires all of this itself)."""
+
+    toxiproxy_url: str | None = Field(None, description="the Toxiproxy API (default: $TOXIPROXY_URL)")
+    runtime_metrics_url: str | None = Field(None, description="the runtime's Prometheus /metrics, read at each "
+                                                              "fault's start and end")
+    dependencies: dict[str, DependencyRef] = Field(default_factory=dict)
+    storage_url: str | None = Field(None, description="the S3 endpoint the runtime uploads recordings to; the "
+                                                      "harness creates the bucket and counts what arrived")
+    storage_bucket: str = "voicechaos-recordings"
+
+
 class Scenario(Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -195,12 +217,33 @@ class Scenario(Model):
     script: list[Step] = Field(min_length=1)
     limits: Limits = Field(default_factory=Limits)
     targets: Targets = Field(default_factory=Targets)
+    faults: list[Fault] = Field(default_factory=list, description="the fault timeline (harness.chaos.faults)")
+    chaos: Chaos = Field(default_factory=Chaos)
     seed: int = 1
 
     @field_validator("script", mode="before")
     @classmethod
     def _steps(cls, value: Any) -> Any:
         return [_step_from_yaml(step) for step in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _faults_fit_the_run(self) -> Scenario:
+        for name in self.chaos.dependencies:
+            if name not in DEPENDENCIES:
+                raise ValueError(f"chaos.dependencies: unknown dependency {name!r}; one of {', '.join(DEPENDENCIES)}")
+        for index, fault in enumerate(self.faults):
+            if self.target.embedded is None:
+                ref = self.chaos.dependencies.get(fault.target)
+                if ref is None:
+                    raise ValueError(f"faults[{index}].target: {fault.target!r} is not in chaos.dependencies (the "
+                                     "embedded stack wires its dependencies itself; another target must name them)")
+                if fault.provider is not None and ref.control_url is None:
+                    raise ValueError(f"faults[{index}].provider: chaos.dependencies.{fault.target} has no "
+                                     "control_url")
+            if fault.at >= self.limits.duration:
+                raise ValueError(f"faults[{index}].at: {fault.at:g} s is not within the run "
+                                 f"(limits.duration {self.limits.duration:g} s)")
+        return self
 
     @model_validator(mode="after")
     def _barge_in_needs_a_turn(self) -> Scenario:

@@ -1,4 +1,5 @@
-"""The embedded stack: the fake providers and the reference runtime, started as subprocesses on free loopback ports.
+"""The embedded stack: the fake providers and the reference runtime, started as subprocesses on free loopback ports,
+with a Toxiproxy proxy between the runtime and each of its dependencies (see :mod:`harness.chaos.network`).
 
 Each service prints one JSON line ``{"event": "listening", "name": ..., "url": ...}`` when it is ready; the stack waits
 for those lines (and fails with the service's log tail if one dies or stays silent), writes each service's output to
@@ -13,15 +14,22 @@ import ctypes
 import ctypes.util
 import json
 import os
+import secrets
 import signal
+import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness.chaos.network import Dependency, ToxiproxyChoice, choose_toxiproxy, upstream_of
+from harness.chaos.toxiproxy_client import ToxiproxyClient, ToxiproxyError
+from harness.safety import check_target
 from harness.scenario import EmbeddedTarget
+from harness.storage import StorageEndpoint, serve_argv
 
 AUTH_TOKEN = "voicechaos-embedded-token"
 #: The embedded services run at a lower CPU priority than the harness. On one machine the callers (the measuring
@@ -52,6 +60,15 @@ class StackEndpoints:
     webhook_url: str
     auth_token: str
     providers: dict[str, str]
+    toxiproxy_url: str = ""
+    toxiproxy: str = ""  # which one (ToxiproxyChoice.describe)
+    dependencies: dict[str, Dependency] = field(default_factory=dict)
+    storage: StorageEndpoint | None = None  # where the runtime's recordings go (listed directly, not via the proxy)
+
+#: the runtime's dependencies and the fake that serves each (the stack puts a proxy in front of every one)
+FAKE_OF = {"stt": "deepgram", "tts": "elevenlabs", "llm": "openai", "crm": "crm"}
+#: where a fake's fault control API lives (fake_providers' control contract)
+CONTROL_PATH = "/_chaos"
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +95,31 @@ def load_agent(path: Path) -> dict[str, Any]:
     return data
 
 
+def build_runtime_config(agent: dict[str, Any], overrides: dict[str, Any], *, urls: dict[str, str],
+                         s3: dict[str, Any], capacity: int, host: str = "127.0.0.1", port: int = 0,
+                         auth_token: str = AUTH_TOKEN) -> dict[str, Any]:
+    """The reference runtime's config: every dependency at ``urls[name]`` (its proxy), the agent's dialog, then
+    the scenario's overrides. Shared by the embedded stack and the docker-compose files (harness.compose)."""
+    return deep_merge(
+        {
+            "host": host,
+            "port": port,
+            "capacity": capacity,
+            "twilio": {"auth_token": auth_token},
+            "providers": {
+                "stt": {"kind": "deepgram", "base_url": urls["stt"]},
+                "llm": {"kind": "openai", "base_url": urls["llm"]},
+                "tts": {"kind": "elevenlabs", "base_url": urls["tts"]},
+            },
+            "recording": {"s3": s3},
+            # CRM, calendar and workflow calls: the fake CRM, through its proxy
+            "workflow": {"url": f"{urls['crm']}/workflow/events"},
+            "tools": {"url": f"{urls['crm']}/tools"},
+        },
+        deep_merge(agent.get("runtime") or {}, overrides),
+    )
+
+
 def _prepare_child() -> None:
     """Runs in each service's process before exec: a lower CPU priority (see STACK_NICENESS), and on Linux a
     SIGTERM when the harness dies, so that even a harness killed with SIGKILL leaves no service behind."""
@@ -87,13 +129,27 @@ def _prepare_child() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class EmbeddedStack:
-    def __init__(self, target: EmbeddedTarget, *, scenario_dir: Path, run_dir: Path, seed: int) -> None:
+    def __init__(self, target: EmbeddedTarget, *, scenario_dir: Path, run_dir: Path, seed: int,
+                 environ: Mapping[str, str] | None = None, allow_remote: bool = False) -> None:
         self.target = target
         self.agent_path = (scenario_dir / target.agent).resolve()
         self.dir = run_dir / "stack"
         self.seed = seed
         self.services: list[Service] = []
+        self.environ = dict(os.environ if environ is None else environ)
+        self.allow_remote = allow_remote
+        self.toxiproxy: ToxiproxyClient | None = None
+        self.storage: StorageEndpoint | None = None
+        self.dependencies: dict[str, Dependency] = {}
+        # proxies of this run only: a shared Toxiproxy server may hold other people's proxies
+        self._proxy_prefix = f"voicechaos-{secrets.token_hex(3)}-"
 
     async def start(self) -> StackEndpoints:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -105,24 +161,21 @@ class EmbeddedStack:
         fakes = await self._spawn(
             "fake_providers",
             [sys.executable, "-m", "fake_providers", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--provider", "deepgram", "--provider", "elevenlabs", "--provider", "openai",
+             "--provider", "deepgram", "--provider", "elevenlabs", "--provider", "openai", "--provider", "crm",
              "--config", str(providers_file)],
-            expect=["deepgram", "elevenlabs", "openai"],
+            expect=["deepgram", "elevenlabs", "openai", "crm"],
         )
-        runtime_config = deep_merge(
-            {
-                "host": "127.0.0.1",
-                "port": 0,
-                "capacity": self.target.capacity,
-                "twilio": {"auth_token": AUTH_TOKEN},
-                "providers": {
-                    "stt": {"kind": "deepgram", "base_url": fakes.urls["deepgram"]},
-                    "llm": {"kind": "openai", "base_url": fakes.urls["openai"]},
-                    "tts": {"kind": "elevenlabs", "base_url": fakes.urls["elevenlabs"]},
-                },
-            },
-            deep_merge(agent.get("runtime") or {}, self.target.runtime),
-        )
+        store = await self._spawn("storage", [sys.executable, *serve_argv()[1:]], expect=["storage"])
+        self.storage = StorageEndpoint(url=store.urls["storage"])
+        choice = choose_toxiproxy(self.environ)
+        self.toxiproxy = await self._start_toxiproxy(choice)
+        for name, fake in FAKE_OF.items():
+            await self._add_dependency(name, fake, fakes.urls[fake], control=True)
+        await self._add_dependency("storage", "storage", self.storage.url, control=False)
+        deps = self.dependencies
+        runtime_config = build_runtime_config(
+            agent, self.target.runtime, urls={name: d.url for name, d in deps.items()},
+            s3=self.storage.runtime_s3_config(url=deps["storage"].url), capacity=self.target.capacity)
         runtime_file = self.dir / "runtime.yaml"
         runtime_file.write_text(yaml.safe_dump(runtime_config, sort_keys=False))
         runtime = await self._spawn(
@@ -132,7 +185,45 @@ class EmbeddedStack:
         )
         runtime_url = runtime.urls["runtime"]
         return StackEndpoints(runtime_url=runtime_url, webhook_url=f"{runtime_url}/voice", auth_token=AUTH_TOKEN,
-                              providers=dict(fakes.urls))
+                              providers=dict(fakes.urls), toxiproxy_url=self.toxiproxy.url,
+                              toxiproxy=choice.describe(), dependencies=dict(self.dependencies),
+                              storage=self.storage)
+
+    async def _start_toxiproxy(self, choice: ToxiproxyChoice) -> ToxiproxyClient:
+        if choice.kind == "external":
+            assert choice.url is not None
+            check_target(choice.url, allow_remote=self.allow_remote, what="TOXIPROXY_URL")
+            client = ToxiproxyClient(choice.url)
+        elif choice.kind == "binary":
+            assert choice.binary is not None
+            port = _free_port()
+            await self._spawn("toxiproxy", [choice.binary, "-host", "127.0.0.1", "-port", str(port)], expect=[])
+            client = ToxiproxyClient(f"http://127.0.0.1:{port}")
+        else:
+            service = await self._spawn(
+                "toxiproxy", [sys.executable, "-m", "harness.chaos.toxiproxy", "--host", "127.0.0.1", "--port", "0"],
+                expect=["toxiproxy"])
+            client = ToxiproxyClient(service.urls["toxiproxy"])
+        deadline = asyncio.get_running_loop().time() + _READY_TIMEOUT
+        while True:
+            try:
+                await client.version()
+                return client
+            except ToxiproxyError as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise StackError(f"{choice.describe()} does not answer: {exc}") from None
+                await asyncio.sleep(0.1)
+
+    async def _add_dependency(self, name: str, service: str, url: str, *, control: bool) -> Dependency:
+        assert self.toxiproxy is not None
+        try:
+            proxy = await self.toxiproxy.create_proxy(self._proxy_prefix + name, upstream_of(url))
+        except ToxiproxyError as exc:
+            raise StackError(f"cannot put {name} ({service}) behind a proxy: {exc}") from None
+        dependency = Dependency(name=name, service=service, upstream_url=url, proxy=proxy,
+                                control_url=url.rstrip("/") + CONTROL_PATH if control else None)
+        self.dependencies[name] = dependency
+        return dependency
 
     async def _spawn(self, name: str, argv: list[str], expect: list[str]) -> Service:
         log_path = self.dir / f"{name}.log"
@@ -192,7 +283,12 @@ class EmbeddedStack:
         return out
 
     async def stop(self) -> None:
-        """SIGTERM every process we started (by PID), SIGKILL what is still running after a grace period."""
+        """Remove this run's proxies, then SIGTERM every process we started (by PID), SIGKILL what is still running
+        after a grace period."""
+        if self.toxiproxy is not None:
+            for dependency in self.dependencies.values():
+                with contextlib.suppress(ToxiproxyError):
+                    await self.toxiproxy.delete_proxy(dependency.proxy.name)
         for service in reversed(self.services):
             process = service.process
             if process.returncode is None:

@@ -31,7 +31,7 @@ from reference_runtime.call import Call, CallServices, LinkClosed
 from reference_runtime.config import RuntimeConfig
 from reference_runtime.metrics import CONTENT_TYPE, RuntimeMetrics, process_rss_bytes
 from reference_runtime.providers import Providers, build_providers
-from reference_runtime.recording import FolderRecordingSink, MemoryRecordingSink, RecordingSink
+from reference_runtime.recording import RecordingSink, build_recording_sink
 from reference_runtime.tools import HttpToolRunner, StaticToolRunner, ToolRunner
 from reference_runtime.workflow import HttpWorkflowClient, LoggingWorkflowClient, WorkflowClient
 
@@ -103,10 +103,7 @@ def create_app(
         ready=lambda: 1.0 if admission.accepting else 0.0,
     )
     if recording_sink is None:
-        if config.recording.folder:
-            recording_sink = FolderRecordingSink(config.recording.folder)
-        else:
-            recording_sink = MemoryRecordingSink(config.recording.keep_last)
+        recording_sink = build_recording_sink(config.recording, observer=metrics, workers=config.capacity)
     runtime = Runtime(
         config=config,
         clock=clock or MonotonicClock(),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
@@ -82,6 +83,17 @@ START_TIMEOUT_S = 10.0
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
+
+
+def tool_failed(result: ToolResult) -> bool:
+    """Whether a tool call failed, by the ToolRunner contract (tools.py): a runner never raises, it answers a
+    failure as a JSON object with an ``error`` key for the LLM to talk about. That object is the runner's own
+    report of the failure (HTTP status, timeout), so counting it here is counting at the seam, not guessing."""
+    try:
+        content = json.loads(result.content)
+    except ValueError:
+        return False
+    return isinstance(content, dict) and "error" in content
 
 
 class LinkClosed(ConnectionError):
@@ -455,6 +467,8 @@ class Call:
         started = self.s.clock.now()
         result = await self.s.tools.run(call, self.context)
         self.s.metrics.tool_latency.labels(tool=call.name).observe(self.s.clock.now() - started)
+        outcome = "error" if tool_failed(result) else "ok"
+        self.s.metrics.tool_calls.labels(tool=call.name, outcome=outcome).inc()
         return result
 
     # --- the end --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.audio.formats import AudioFormat
 
@@ -146,11 +146,58 @@ class VadConfig(_Strict):
     hangover_ms: Annotated[int, Field(ge=0, le=5000)] = 300
 
 
+class S3StorageConfig(_Strict):
+    """An S3-compatible object store for call recordings (AWS S3, MinIO, or the harness's embedded moto server).
+
+    The timeouts and attempts are explicit because botocore's defaults (60 s connect, 60 s read, 3 attempts) turn
+    a stalled store into minutes per call: the call's worker slot waits for its upload (incident 1), and a chaos
+    run behind a stalling proxy would take that long to show it.
+    """
+
+    #: ``http://127.0.0.1:PORT`` for an embedded or proxied store; ``None`` = AWS's own endpoint for ``region``.
+    endpoint_url: Annotated[str, Field(pattern=r"^https?://[^/\s]+/?$")] | None = None
+    #: S3 bucket naming rules (3-63 characters: lower-case letters, digits, dots, hyphens).
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")]
+    region: Annotated[str, Field(min_length=1)] = "us-east-1"
+    #: both or neither; neither = boto3's own credential chain (environment, profile, instance role).
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    #: the folder the recordings go under (``<key_prefix>/<call_sid>/caller.wav``); "" = the bucket's root.
+    #: Leading and trailing slashes are dropped.
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9!_.*'()/\-]*$")] = "recordings"
+    #: seconds to open a TCP connection to the store (per attempt).
+    connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 2.0
+    #: seconds the store may stay silent on an open connection (per socket read, per attempt).
+    read_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    #: attempts per object, the first included (1 = no retry); botocore's "standard" retry mode backs off
+    #: between them.
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _strip_slashes(cls, value: str) -> str:
+        return value.strip("/")
+
+    @model_validator(mode="after")
+    def _credentials_come_in_pairs(self) -> S3StorageConfig:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key must be given together (or both left out)")
+        return self
+
+
 class RecordingConfig(_Strict):
-    #: write each call's recording to this folder; without it recordings are kept in memory (``keep_last`` of
-    #: them).
+    #: write each call's recording to this folder.
     folder: str | None = None
+    #: upload each call's recording to this object store (see recording.py for the object layout).
+    s3: S3StorageConfig | None = None
+    #: with neither ``folder`` nor ``s3``: recordings are kept in memory, the last ``keep_last`` of them.
     keep_last: Annotated[int, Field(ge=0, le=10_000)] = 20
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> RecordingConfig:
+        if self.folder and self.s3 is not None:
+            raise ValueError("recording: set either folder or s3, not both")
+        return self
 
 
 class WorkflowConfig(_Strict):

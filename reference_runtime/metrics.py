@@ -1,7 +1,10 @@
 """Server-side production metrics, in a per-app Prometheus ``CollectorRegistry`` (never the global one, so two
 runtimes in one test process do not collide). Caller-facing measurements are the harness's job.
 
-Names follow Prometheus conventions (``_total`` counters, ``_seconds`` / ``_bytes`` units).
+Names follow Prometheus conventions (``_total`` counters, ``_seconds`` / ``_bytes`` units). Every failure is
+counted by the code that saw it: a provider client that got the 429 (``count_error``), the recording sink whose
+upload timed out (``upload_failed``), the call that caught the workflow's error. The chaos report reads these to
+tell an injected fault that was felt from one that was absorbed. The list, with labels, is in the README.
 """
 
 from __future__ import annotations
@@ -76,10 +79,17 @@ class RuntimeMetrics:
             registry=r,
         )
         self.provider_errors = Counter(
-            "runtime_provider_errors", "Provider failures.", ["service", "provider", "reason"], registry=r
+            "runtime_provider_errors",
+            "Provider failures, counted by the client that saw them. reason: http_<status> (refused, e.g. http_429), "
+            "connect, timeout, transport, send, dropped, bad_message, stream_error, truncated.",
+            ["service", "provider", "reason"],
+            registry=r,
         )
         self.workflow_events = Counter(
-            "runtime_workflow_events", "Workflow events by outcome.", ["outcome"], registry=r
+            "runtime_workflow_events",
+            "Workflow events by outcome: ok (WorkflowClient.emit returned), failed (it raised WorkflowError).",
+            ["outcome"],
+            registry=r,
         )
         self.workflow_latency = Histogram(
             "runtime_workflow_emit_seconds",
@@ -103,6 +113,36 @@ class RuntimeMetrics:
             buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0),
             registry=r,
         )
+        self.tool_calls = Counter(
+            "runtime_tool_calls",
+            "Tool calls by outcome: ok, or error when the ToolRunner answered an {\"error\": ...} result.",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        # The object-store side of recordings (S3RecordingSink), counted by the sink's upload thread. A failed
+        # upload is also a lost recording in runtime_recordings_total{outcome="lost"}; these say why.
+        self.recordings_uploaded = Counter(
+            "runtime_recordings_uploaded", "Recordings whose objects all reached the object store.", registry=r
+        )
+        self.recording_upload_errors = Counter(
+            "runtime_recording_upload_errors",
+            "Recording uploads that failed after all attempts, by reason (timeout, connection, http_<status>, "
+            "client).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("timeout", "connection"):  # the incident-1 reasons read 0, not "absent", until they happen
+            self.recording_upload_errors.labels(reason=reason)
+        self.recording_upload_latency = Histogram(
+            "runtime_recording_upload_seconds",
+            "Time one recording's upload took (all its objects, retries included), by outcome.",
+            ["outcome"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.recording_upload_bytes = Counter(
+            "runtime_recording_uploaded_bytes", "Bytes of recordings stored in the object store.", registry=r
+        )
         self._latency = {"stt": self.stt_latency, "llm": self.llm_latency, "tts": self.tts_latency}
 
     # ProviderObserver
@@ -111,6 +151,16 @@ class RuntimeMetrics:
 
     def count_error(self, service: Service, provider: str, reason: str) -> None:
         self.provider_errors.labels(service=service, provider=provider, reason=reason).inc()
+
+    # RecordingObserver (called from the S3 sink's upload threads; prometheus_client metrics are thread-safe)
+    def upload_succeeded(self, seconds: float, nbytes: int) -> None:
+        self.recordings_uploaded.inc()
+        self.recording_upload_bytes.inc(nbytes)
+        self.recording_upload_latency.labels(outcome="uploaded").observe(max(0.0, seconds))
+
+    def upload_failed(self, reason: str, seconds: float) -> None:
+        self.recording_upload_errors.labels(reason=reason).inc()
+        self.recording_upload_latency.labels(outcome="failed").observe(max(0.0, seconds))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -76,3 +76,41 @@ def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="cannot read"):
         load_scenario(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ({"target": "db", "down": True},
+         "faults[0].target: unknown dependency 'db'; one of stt, tts, llm, crm, storage"),
+        ({"target": "storage", "provider": {"kind": "error"}}, "faults[0]: 'storage' has no provider faults"),
+        ({"target": "stt", "toxic": {"type": "latency", "attributes": {"latncy": 5}}},
+         "faults[0].toxic: latency has no attribute 'latncy'; it has latency, jitter"),
+        ({"target": "stt", "toxic": {"type": "earthquake"}}, "faults[0].toxic.type: unknown toxic type 'earthquake'"),
+        ({"target": "stt", "toxic": {"type": "latency"}, "down": True},
+         "faults[0]: a fault is exactly one of toxic, down, provider"),
+        ({"target": "stt", "provider": {"kind": "flood"}}, "faults[0].provider.kind: unknown provider fault kind"),
+        ({"target": "stt", "at": 999, "down": True}, "faults[0].at: 999 s is not within the run"),
+        ({"target": "stt", "duration": 0, "down": True}, "faults[0].duration: Input should be greater than 0"),
+    ],
+)
+def test_a_bad_fault_is_named_before_anything_starts(fault: dict, expected: str) -> None:
+    with pytest.raises(ScenarioError) as error:
+        scenario_from_mapping({"name": "x", "script": ["hang_up"], "faults": [fault]}, "chaos.yaml")
+    assert f"chaos.yaml: {expected}" in str(error.value)
+
+
+def test_faults_on_another_target_need_its_dependencies_named() -> None:
+    with pytest.raises(ScenarioError, match=r"faults\[0\].target: 'stt' is not in chaos.dependencies"):
+        scenario_from_mapping({"name": "x", "script": ["hang_up"], "target": {"websocket": {"url": "ws://127.0.0.1:1"}},
+                               "faults": [{"target": "stt", "down": True}]}, "chaos.yaml")
+    ok = scenario_from_mapping(
+        {"name": "x", "script": ["hang_up"], "target": {"websocket": {"url": "ws://127.0.0.1:1"}},
+         "chaos": {"toxiproxy_url": "http://127.0.0.1:8474", "dependencies": {"stt": {"proxy": "stt"}}},
+         "faults": [{"target": "stt", "down": True}]}, "chaos.yaml")
+    assert ok.chaos.dependencies["stt"].proxy == "stt"
+    with pytest.raises(ScenarioError, match=r"faults\[0\].provider: chaos.dependencies.stt has no control_url"):
+        scenario_from_mapping(
+            {"name": "x", "script": ["hang_up"], "target": {"websocket": {"url": "ws://127.0.0.1:1"}},
+             "chaos": {"dependencies": {"stt": {"proxy": "stt"}}},
+             "faults": [{"target": "stt", "provider": {"kind": "error"}}]}, "chaos.yaml")

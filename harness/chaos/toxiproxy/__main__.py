@@ -1,0 +1,3 @@
+from harness.chaos.toxiproxy.server import main
+
+raise SystemExit(main())
