@@ -9,6 +9,10 @@ config, a seeded ``random.Random`` and an injected clock:
   websockets;
 - :func:`create_openai_app` (``fake_providers.openai_chat``): ``/v1/chat/completions`` (scripted),
   ``/v1/models``;
+- :func:`create_anthropic_app` (``fake_providers.anthropic_messages``): ``/v1/messages`` (the same script
+  as the OpenAI fake, SSE streaming), the LLM of another API family;
+- :func:`create_assemblyai_app` (``fake_providers.assemblyai_realtime``): AssemblyAI Universal-Streaming
+  ``/v3/ws``, the live STT of another API family;
 - :func:`create_crm_app` (``fake_providers.crm``): the CRM/calendar/workflow API the runtime's tool and
   workflow seams call, recording every request.
 
@@ -20,6 +24,8 @@ control API under ``/_chaos`` to add and remove faults and limits at run time (f
 Run them with ``python -m fake_providers serve`` or, in tests, ``async with serve_app(app) as base_url``.
 """
 
+from fake_providers.anthropic_messages import AnthropicConfig, create_anthropic_app
+from fake_providers.assemblyai_realtime import AssemblyAIConfig, create_assemblyai_app
 from fake_providers.config import PROVIDERS, FakeProvidersConfig, load_config, load_faults
 from fake_providers.crm import CrmConfig, create_crm_app
 from fake_providers.deepgram import DeepgramConfig, create_deepgram_app
@@ -35,6 +41,8 @@ from fake_providers.serve import serve_app
 __all__ = [
     "FAULT_KINDS",
     "PROVIDERS",
+    "AnthropicConfig",
+    "AssemblyAIConfig",
     "CrmConfig",
     "DeepgramConfig",
     "Distribution",
@@ -49,6 +57,8 @@ __all__ = [
     "ProviderGate",
     "Rule",
     "ToolCallSpec",
+    "create_anthropic_app",
+    "create_assemblyai_app",
     "create_crm_app",
     "create_deepgram_app",
     "create_elevenlabs_app",

@@ -6,7 +6,8 @@ listening, one line goes to stdout (flushed)::
 
     {"event": "listening", "name": "deepgram", "url": "http://127.0.0.1:43121"}
 
-Providers: ``deepgram``, ``elevenlabs``, ``openai`` and ``crm`` (the CRM/calendar/workflow API). Faults and
+Providers: ``deepgram``, ``elevenlabs``, ``openai``, ``crm`` (the CRM/calendar/workflow API), and the fallbacks
+of another API family: ``anthropic`` (Messages API) and ``assemblyai`` (Universal-Streaming STT). Faults and
 limits in force from the start come from the config's sections or from ``--faults FILE`` (see
 ``fake_providers/config.py``); at run time every provider's ``/_chaos`` control API changes them
 (fake_providers/FAULTS.md).

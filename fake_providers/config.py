@@ -28,6 +28,8 @@ import yaml
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from fake_providers.anthropic_messages import AnthropicConfig, create_anthropic_app
+from fake_providers.assemblyai_realtime import AssemblyAIConfig, create_assemblyai_app
 from fake_providers.chaos import ChaosSettings
 from fake_providers.crm import CrmConfig, create_crm_app
 from fake_providers.deepgram import DeepgramConfig, create_deepgram_app
@@ -45,6 +47,9 @@ class FakeProvidersConfig(BaseModel):
     elevenlabs: ElevenLabsConfig = Field(default_factory=ElevenLabsConfig)
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     crm: CrmConfig = Field(default_factory=CrmConfig)
+    #: the fallbacks of another API family (safeguard 4): Anthropic Messages (LLM), AssemblyAI streaming (STT)
+    anthropic: AnthropicConfig = Field(default_factory=AnthropicConfig)
+    assemblyai: AssemblyAIConfig = Field(default_factory=AssemblyAIConfig)
 
 
 #: provider name -> app factory, called with that provider's config section
@@ -54,6 +59,8 @@ PROVIDERS: Mapping[str, Callable[..., web.Application]] = MappingProxyType(
         "elevenlabs": create_elevenlabs_app,
         "openai": create_openai_app,
         "crm": create_crm_app,
+        "anthropic": create_anthropic_app,
+        "assemblyai": create_assemblyai_app,
     }
 )
 
@@ -77,6 +84,14 @@ class CrmChaos(ChaosSettings):
     route_table = CrmConfig.route_table
 
 
+class AnthropicChaos(ChaosSettings):
+    route_table = AnthropicConfig.route_table
+
+
+class AssemblyAIChaos(ChaosSettings):
+    route_table = AssemblyAIConfig.route_table
+
+
 def _list_is_faults(value: Any) -> Any:
     return {"faults": value} if isinstance(value, list) else value
 
@@ -88,6 +103,8 @@ class FaultsFile(BaseModel):
     elevenlabs: Annotated[ElevenLabsChaos | None, BeforeValidator(_list_is_faults)] = None
     openai: Annotated[OpenAIChaos | None, BeforeValidator(_list_is_faults)] = None
     crm: Annotated[CrmChaos | None, BeforeValidator(_list_is_faults)] = None
+    anthropic: Annotated[AnthropicChaos | None, BeforeValidator(_list_is_faults)] = None
+    assemblyai: Annotated[AssemblyAIChaos | None, BeforeValidator(_list_is_faults)] = None
 
 
 def with_faults(config: FakeProvidersConfig, extra: FaultsFile) -> FakeProvidersConfig:

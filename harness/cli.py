@@ -24,6 +24,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--calls", type=int, default=None, help="place at most this many calls")
     validate = sub.add_parser("validate", help="check a scenario without running it")
     validate.add_argument("scenario", type=Path)
+    incident = sub.add_parser("incident", help="reproduce an incident broken then fixed and print the contrast")
+    incident.add_argument("name", nargs="?", help="an incident of scenarios/incidents/ (or a path)")
+    incident.add_argument("--list", action="store_true", help="name the incidents, one line each")
+    incident.add_argument("--quick", action="store_true", help="shorten every window for a fast check")
+    incident.add_argument("--mode", choices=["broken", "fixed", "both"], default="both")
+    incident.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    runtime = sub.add_parser("runtime", help="the reference runtime's onboarding tools")
+    runtime_sub = runtime.add_subparsers(dest="runtime_command", required=True)
+    check = runtime_sub.add_parser("check-config", help="check that telephony, STT and TTS audio formats fit "
+                                                         "together, before any call")
+    check.add_argument("config", type=Path, help="a reference-runtime config file (YAML or JSON)")
     sub.add_parser("toxiproxy", help="run the embedded Toxiproxy server on its own (any Toxiproxy client can use it)",
                    add_help=False)
     return parser
@@ -36,6 +47,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return toxiproxy_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "incident":
+        return _incident(args)
+    if args.command == "runtime":
+        from reference_runtime.compat import check_config
+
+        problems = check_config(args.config)
+        for problem in problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        if not problems:
+            print(f"{args.config}: telephony, STT and TTS formats are compatible")
+        return 1 if problems else 0
     try:
         scenario = load_scenario(args.scenario)
     except ScenarioError as exc:
@@ -57,6 +79,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except ScenarioError as exc:
         print(f"voicechaos: invalid scenario\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StackError as exc:
+        print(f"voicechaos: the embedded stack failed to start: {exc}", file=sys.stderr)
+        return EXIT_STACK
+    return result.exit_code
+
+
+def _incident(args: argparse.Namespace) -> int:
+    from harness import incidents
+
+    if args.list or not args.name:
+        for name, title in incidents.describe_all():
+            print(f"{name:<36} {title}")
+        return 0 if args.list else EXIT_USAGE
+    modes = incidents.MODES if args.mode == "both" else (args.mode,)
+    try:
+        path = incidents.resolve(args.name)
+        result = asyncio.run(incidents.run_incident(path, quick=args.quick, runs_dir=args.runs_dir, out=sys.stdout,
+                                                    modes=modes))
+    except ScenarioError as exc:
+        print(f"voicechaos: invalid incident\n{exc}", file=sys.stderr)
         return EXIT_USAGE
     except StackError as exc:
         print(f"voicechaos: the embedded stack failed to start: {exc}", file=sys.stderr)

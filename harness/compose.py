@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from harness.stack import AUTH_TOKEN, build_runtime_config, deep_merge, load_agent
+from harness.stack import AUTH_TOKEN, build_providers_config, build_runtime_config, load_agent
 from harness.storage import DEFAULT_BUCKET, StorageEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,8 @@ AGENT = ROOT / "scenarios" / "agents" / "dental.yaml"
 SMOKE = ROOT / "scenarios" / "chaos-smoke.yaml"
 
 #: each fake on its own port (a proxy per dependency needs one port per upstream)
-FAKE_PORTS = {"deepgram": 8001, "elevenlabs": 8002, "openai": 8003, "crm": 8004}
+FAKE_PORTS = {"deepgram": 8001, "elevenlabs": 8002, "openai": 8003, "crm": 8004, "assemblyai": 8005,
+              "anthropic": 8006}
 STORAGE_PORT = 5000
 RUNTIME_PORT = 8080
 TOXIPROXY_API_PORT = 8474
@@ -39,8 +40,12 @@ PROXIES = {
     "llm": (21003, f"fakes:{FAKE_PORTS['openai']}"),
     "crm": (21004, f"fakes:{FAKE_PORTS['crm']}"),
     "storage": (21005, f"storage:{STORAGE_PORT}"),
+    "stt_fallback": (21006, f"fakes:{FAKE_PORTS['assemblyai']}"),
+    "tts_fallback": (21007, f"fakes:{FAKE_PORTS['deepgram']}"),
+    "llm_fallback": (21008, f"fakes:{FAKE_PORTS['anthropic']}"),
 }
-CONTROLLED = {"stt": "deepgram", "tts": "elevenlabs", "llm": "openai", "crm": "crm"}
+CONTROLLED = {"stt": "deepgram", "tts": "elevenlabs", "llm": "openai", "crm": "crm", "stt_fallback": "assemblyai",
+              "tts_fallback": "deepgram", "llm_fallback": "anthropic"}
 
 
 def proxy_name(dependency: str) -> str:
@@ -48,16 +53,15 @@ def proxy_name(dependency: str) -> str:
 
 
 def providers_config(agent: dict[str, Any]) -> dict[str, Any]:
-    config = deep_merge(agent.get("providers") or {}, {name: {"port": port} for name, port in FAKE_PORTS.items()})
-    config.setdefault("seed", 1)
-    return config
+    return build_providers_config(agent, {name: {"port": port} for name, port in FAKE_PORTS.items()}, seed=1)
 
 
 def runtime_config(agent: dict[str, Any]) -> dict[str, Any]:
     urls = {name: f"http://toxiproxy:{port}" for name, (port, _) in PROXIES.items()}
     store = StorageEndpoint(url=f"http://storage:{STORAGE_PORT}", bucket=DEFAULT_BUCKET)
     return build_runtime_config(agent, {}, urls=urls, s3=store.runtime_s3_config(url=urls["storage"]),
-                                capacity=50, host="0.0.0.0", port=RUNTIME_PORT)  # inside a container
+                                capacity=50, spool_dir="/app/spool", host="0.0.0.0",  # inside a container
+                                port=RUNTIME_PORT)
 
 
 def toxiproxy_config() -> list[dict[str, Any]]:

@@ -82,6 +82,7 @@ class Pacer:
                 for call in tuple(calls):
                     if scheduled + 1e-9 < first.get(call, scheduled):
                         continue
+                    first.pop(call, None)  # on its grid from now on
                     call.tick(scheduled, now)
                     sent = clock.now()
                     self.lateness.record(sent - scheduled)
@@ -89,4 +90,11 @@ class Pacer:
             step += 1
 
     def _resume(self) -> int:
-        return int((self._clock.now() - self._epoch) // SLOT_S) + 1
+        """The next slot to walk after being idle (or at the start): the one after now, or the slot of a call's
+        first frame that is already due, so that a late start sends that frame late (and measured) rather than
+        skipping it."""
+        step = int((self._clock.now() - self._epoch) // SLOT_S) + 1
+        if self._first:
+            earliest = min(self._first.values())
+            step = min(step, round((earliest - self._epoch) / SLOT_S))
+        return step

@@ -33,6 +33,7 @@ from harness.clock import MonotonicClock
 from harness.eventlog import EventLog
 from harness.pacer import Pacer
 from harness.records import CallRecord
+from harness.runtime_metrics import MetricsSampler, runtime_figures
 from harness.safety import check_target
 from harness.scenario import Scenario, ScenarioError
 from harness.stack import EmbeddedStack, StackEndpoints, StackError
@@ -153,13 +154,15 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
     interrupted = ""
     pacer = Pacer(clock)
     timeline: Timeline | None = None
+    sampler: MetricsSampler | None = None
+    sampler_task: asyncio.Task[None] | None = None
     timeline_task: asyncio.Task[None] | None = None
     load_start_mono, load_start_wall = clock.now(), time.time()
     control_http = aiohttp.ClientSession()  # fault control and probes: never queued behind the calls' requests
     try:
         if scenario.target.embedded is not None:
             stack = EmbeddedStack(scenario.target.embedded, scenario_dir=scenario_path.parent, run_dir=run_dir,
-                                  seed=scenario.seed, allow_remote=allow_remote)
+                                  seed=scenario.seed, allow_remote=allow_remote, on_event=events.emit)
             out.write("voicechaos: starting the embedded stack (fake providers, reference runtime)...\n")
             endpoints = await stack.start()
             events.emit("stack_started", {
@@ -185,6 +188,13 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
             out.write(f"voicechaos: fault timeline: {len(scenario.faults)} faults "
                       f"({'; '.join(f'{f.label} at {f.at:g} s' for f in scenario.faults)})\n")
         load_start_mono, load_start_wall = clock.now(), time.time()
+        metrics_url = (f"{endpoints.runtime_url}/metrics" if endpoints is not None
+                       else scenario.chaos.runtime_metrics_url)
+        if metrics_url:
+            start = load_start_mono
+            sampler = MetricsSampler(control_http, metrics_url, run_dir / "runtime_metrics.jsonl",
+                                     elapsed=lambda: clock.now() - start)
+            sampler_task = asyncio.create_task(sampler.run())
         if timeline is not None:
             timeline_task = asyncio.create_task(timeline.run(load_start_mono))
         interrupted = await _place_calls(scenario, dial, calls_total, clock, pacer, rng, events, done, out)
@@ -195,18 +205,23 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
             timeline_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await timeline_task
+        if sampler_task is not None and sampler is not None:
+            sampler_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler_task
+            await sampler.read_once()  # the state at the end of the load
         await control_http.close()
         stack_cpu: dict[str, float] = {}
         recordings: dict[str, Any] | None = None
         if storage is not None:
-            recordings = await _count_recordings(storage, done)
+            recordings = await _count_recordings(storage, done, wait_s=scenario.limits.recordings_wait)
             events.emit("recordings_counted", recordings)
         if stack is not None:
             stack_cpu = stack.cpu_seconds()
             await stack.stop()
             events.emit("stack_stopped", {"cpu_s": stack_cpu})
         lateness = pacer.lateness.summary_ms()
-        summary = summarize([c.to_json() for c in done], lateness, scenario.targets)
+        summary = summarize([c.to_json() for c in done], lateness, scenario.targets, recordings)
         summary["scenario"] = scenario.name
         summary["run_dir"] = str(run_dir)
         summary["calls_planned"] = calls_total
@@ -219,6 +234,10 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
             summary["dependencies"] = {k: d.to_json() for k, d in endpoints.dependencies.items()}
         if recordings is not None:
             summary["recordings"] = recordings
+        if sampler is not None:
+            summary["runtime_metrics"] = {**sampler.summary(), "figures": runtime_figures(sampler)}
+        if stack is not None:
+            summary["runtime_restarts"] = stack.restarts
         if timeline is not None:
             summary["faults"] = fault_effects([w.to_json() for w in timeline.windows], [c.to_json() for c in done],
                                               load_start_mono=load_start_mono, load_start_wall=load_start_wall,
@@ -241,8 +260,7 @@ async def _ensure_bucket(storage: StorageEndpoint) -> None:
         client.close()
 
 
-async def _count_recordings(storage: StorageEndpoint, calls: list[CallRecord], *, wait_s: float = 8.0,
-                            ) -> dict[str, Any]:
+async def _count_recordings(storage: StorageEndpoint, calls: list[CallRecord], *, wait_s: float) -> dict[str, Any]:
     """List the bucket: every call the runtime took a media stream for should have left a complete recording.
     Uploads run as calls end, so the listing is repeated for a few seconds until all are there."""
     expected = {c.call_sid for c in calls if c.connect_ms is not None}

@@ -5,6 +5,7 @@ path and the reason (``demo.yaml: script[2].say.think_time: must be >= 0``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,6 +40,12 @@ class EmbeddedTarget(Model):
     capacity: int = Field(50, ge=1, description="calls one runtime process accepts at once")
     providers: dict[str, Any] = Field(default_factory=dict, description="fake provider settings (latency...)")
     runtime: dict[str, Any] = Field(default_factory=dict, description="extra reference-runtime settings")
+    memory_limit_mb: float | None = Field(None, gt=0, description="the runtime's hard memory limit, enforced as a "
+                                                                 "container's would be: above it the process is "
+                                                                 "killed (OOM) and restarted")
+    memory_headroom_mb: float | None = Field(None, gt=0, description="the same limit, set as this much above the "
+                                                                     "runtime's RSS once it has started (a limit "
+                                                                     "that fits any machine's baseline)")
 
 
 class WebhookTarget(Model):
@@ -171,6 +178,9 @@ class Limits(Model):
     end_of_turn_silence: float = Field(3.5, gt=0, description="without expected phrases, this much silence ends "
                                                               "the agent's turn (longer than any dead air measured)")
     settle: float = Field(0.4, ge=0, description="with expected phrases all heard, this much silence ends the turn")
+    recordings_wait: float = Field(10.0, ge=0, le=3600, description="after the last call, how long to wait for "
+                                                                    "recordings still being uploaded before counting "
+                                                                    "the bucket")
 
 
 class Targets(Model):
@@ -185,6 +195,9 @@ class Targets(Model):
     expected_phrase_rate: float = Field(1.0, ge=0, le=1, description="share of turns with expected phrases in "
                                                                      "which the agent said them")
     barge_in_reaction_p95_ms: float = Field(1000.0, gt=0)
+    worker_availability: float = Field(0.999, ge=0, le=1, description="share of new calls the platform answered "
+                                                                      "(not refused, greeting heard)")
+    recordings_lost: int = Field(0, ge=0, description="calls whose recording never reached object storage")
     harness_lateness_p99_ms: float = Field(5.0, gt=0, description="above this the harness, not the agent, was the "
                                                                   "bottleneck: the run is invalid")
 
@@ -209,6 +222,51 @@ class Chaos(Model):
     storage_bucket: str = "voicechaos-recordings"
 
 
+_CHECK = re.compile(r"^\s*(<=|>=|==|<|>)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*$")
+
+
+class Check(Model):
+    """What one side of an incident must show: ``metric`` compared with a number, e.g. ``"< 0.999"``."""
+
+    metric: str
+    broken: str | None = Field(None, description="what the broken runtime must show, e.g. '< 0.999'")
+    fixed: str | None = Field(None, description="what the fixed runtime must show, e.g. '>= 0.999'")
+
+    @field_validator("broken", "fixed")
+    @classmethod
+    def _comparison(cls, value: str | None) -> str | None:
+        if value is not None and not _CHECK.match(value):
+            raise ValueError(f"{value!r} is not a comparison like '< 0.999' or '== 0'")
+        return value
+
+    @staticmethod
+    def holds(expression: str, measured: float | None) -> bool | None:
+        """Whether ``measured`` satisfies ``expression``; None when nothing was measured (never a pass)."""
+        if measured is None:
+            return None
+        match = _CHECK.match(expression)
+        assert match is not None
+        op, number = match.group(1), float(match.group(2))
+        return {"<": measured < number, "<=": measured <= number, ">": measured > number,
+                ">=": measured >= number, "==": measured == number}[op]
+
+
+class Incident(Model):
+    """A scenario that reproduces a public incident, run twice by ``voicechaos incident``: with the safeguard
+    broken (it must show the failure) and fixed (it must hold)."""
+
+    title: str
+    safeguard: Literal["recording", "encoding", "workflows", "providers", "memory", "tools"]
+    checks: list[Check] = Field(min_length=1)
+    broken: dict[str, Any] = Field(default_factory=dict, description="scenario overrides for the broken run")
+    fixed: dict[str, Any] = Field(default_factory=dict, description="scenario overrides for the fixed run")
+    quick: dict[str, Any] = Field(default_factory=dict, description="scenario overrides for --quick")
+    mismatched_config: dict[str, Any] | None = Field(
+        None, description="runtime settings that make the audio formats incompatible: each side also starts a "
+                          "runtime with them and records whether its start refused (figure "
+                          "mismatched_config_refused)")
+
+
 class Scenario(Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -219,6 +277,7 @@ class Scenario(Model):
     targets: Targets = Field(default_factory=Targets)
     faults: list[Fault] = Field(default_factory=list, description="the fault timeline (harness.chaos.faults)")
     chaos: Chaos = Field(default_factory=Chaos)
+    incident: Incident | None = None
     seed: int = 1
 
     @field_validator("script", mode="before")

@@ -18,7 +18,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,11 @@ AUTH_TOKEN = "voicechaos-embedded-token"
 STACK_NICENESS = 5
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _READY_TIMEOUT = 60.0
+#: the exit code of a runtime that drained on purpose (memory safeguard) and asks to be restarted
+RUNTIME_DRAINED_EXIT = 75
+MAX_RUNTIME_RESTARTS = 20
+RESTART_DELAY_S = 0.5
+OOM_POLL_S = 0.25
 
 
 class StackError(RuntimeError):
@@ -66,7 +71,11 @@ class StackEndpoints:
     storage: StorageEndpoint | None = None  # where the runtime's recordings go (listed directly, not via the proxy)
 
 #: the runtime's dependencies and the fake that serves each (the stack puts a proxy in front of every one)
-FAKE_OF = {"stt": "deepgram", "tts": "elevenlabs", "llm": "openai", "crm": "crm"}
+FAKE_OF = {"stt": "deepgram", "tts": "elevenlabs", "llm": "openai", "crm": "crm",
+           # the fallbacks of safeguard 4, each of another API family than its primary, each behind its own proxy
+           # (Aura is served by the Deepgram fake, but a fault on the STT proxy must not reach the TTS fallback)
+           "stt_fallback": "assemblyai", "tts_fallback": "deepgram", "llm_fallback": "anthropic"}
+FAKES = tuple(dict.fromkeys(FAKE_OF.values()))
 #: where a fake's fault control API lives (fake_providers' control contract)
 CONTROL_PATH = "/_chaos"
 
@@ -95,9 +104,21 @@ def load_agent(path: Path) -> dict[str, Any]:
     return data
 
 
+def build_providers_config(agent: dict[str, Any], overrides: dict[str, Any], *, seed: int) -> dict[str, Any]:
+    """The fakes' config: the agent's scripted LLM, then the scenario's overrides. The LLM fallback (the
+    Anthropic-style fake) speaks the same script as the OpenAI-style primary unless given its own, so a call that
+    falls back still says what the dialog expects."""
+    config = deep_merge(agent.get("providers") or {}, overrides)
+    primary = config.get("openai") or {}
+    shared = {key: primary[key] for key in ("script", "default_reply") if key in primary}
+    config["anthropic"] = deep_merge(shared, config.get("anthropic") or {})
+    config.setdefault("seed", seed)
+    return config
+
+
 def build_runtime_config(agent: dict[str, Any], overrides: dict[str, Any], *, urls: dict[str, str],
-                         s3: dict[str, Any], capacity: int, host: str = "127.0.0.1", port: int = 0,
-                         auth_token: str = AUTH_TOKEN) -> dict[str, Any]:
+                         s3: dict[str, Any], capacity: int, spool_dir: str | None = None, host: str = "127.0.0.1",
+                         port: int = 0, auth_token: str = AUTH_TOKEN) -> dict[str, Any]:
     """The reference runtime's config: every dependency at ``urls[name]`` (its proxy), the agent's dialog, then
     the scenario's overrides. Shared by the embedded stack and the docker-compose files (harness.compose)."""
     return deep_merge(
@@ -110,8 +131,15 @@ def build_runtime_config(agent: dict[str, Any], overrides: dict[str, Any], *, ur
                 "stt": {"kind": "deepgram", "base_url": urls["stt"]},
                 "llm": {"kind": "openai", "base_url": urls["llm"]},
                 "tts": {"kind": "elevenlabs", "base_url": urls["tts"]},
+                # used when safeguards.providers is fixed; the broken runtime has one provider per role
+                "fallbacks": {
+                    "stt": [{"kind": "assemblyai", "base_url": urls["stt_fallback"]}],
+                    "llm": [{"kind": "anthropic", "base_url": urls["llm_fallback"]}],
+                    "tts": [{"kind": "deepgram", "base_url": urls["tts_fallback"]}],
+                },
             },
-            "recording": {"s3": s3},
+            # the spool (safeguard 1, fixed) outlives a runtime: a restarted one uploads what its predecessor left
+            "recording": {"s3": s3, **({"spool": {"dir": spool_dir}} if spool_dir else {})},
             # CRM, calendar and workflow calls: the fake CRM, through its proxy
             "workflow": {"url": f"{urls['crm']}/workflow/events"},
             "tools": {"url": f"{urls['crm']}/tools"},
@@ -129,6 +157,14 @@ def _prepare_child() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _rss_bytes(pid: int) -> int:
+    """Resident set size from /proc (a read of kernel memory, it does not block); 0 when unknown."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -137,7 +173,8 @@ def _free_port() -> int:
 
 class EmbeddedStack:
     def __init__(self, target: EmbeddedTarget, *, scenario_dir: Path, run_dir: Path, seed: int,
-                 environ: Mapping[str, str] | None = None, allow_remote: bool = False) -> None:
+                 environ: Mapping[str, str] | None = None, allow_remote: bool = False,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.target = target
         self.agent_path = (scenario_dir / target.agent).resolve()
         self.dir = run_dir / "stack"
@@ -148,22 +185,24 @@ class EmbeddedStack:
         self.toxiproxy: ToxiproxyClient | None = None
         self.storage: StorageEndpoint | None = None
         self.dependencies: dict[str, Dependency] = {}
+        self.on_event = on_event or (lambda name, fields: None)
+        self.restarts = 0
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
         # proxies of this run only: a shared Toxiproxy server may hold other people's proxies
         self._proxy_prefix = f"voicechaos-{secrets.token_hex(3)}-"
 
     async def start(self) -> StackEndpoints:
         self.dir.mkdir(parents=True, exist_ok=True)
         agent = load_agent(self.agent_path)
-        providers_config = deep_merge(agent.get("providers") or {}, self.target.providers)
-        providers_config.setdefault("seed", self.seed)
+        providers_config = build_providers_config(agent, self.target.providers, seed=self.seed)
         providers_file = self.dir / "providers.json"
         providers_file.write_text(json.dumps(providers_config, indent=2))
         fakes = await self._spawn(
             "fake_providers",
             [sys.executable, "-m", "fake_providers", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--provider", "deepgram", "--provider", "elevenlabs", "--provider", "openai", "--provider", "crm",
-             "--config", str(providers_file)],
-            expect=["deepgram", "elevenlabs", "openai", "crm"],
+             *(arg for fake in FAKES for arg in ("--provider", fake)), "--config", str(providers_file)],
+            expect=list(FAKES),
         )
         store = await self._spawn("storage", [sys.executable, *serve_argv()[1:]], expect=["storage"])
         self.storage = StorageEndpoint(url=store.urls["storage"])
@@ -175,19 +214,68 @@ class EmbeddedStack:
         deps = self.dependencies
         runtime_config = build_runtime_config(
             agent, self.target.runtime, urls={name: d.url for name, d in deps.items()},
-            s3=self.storage.runtime_s3_config(url=deps["storage"].url), capacity=self.target.capacity)
+            s3=self.storage.runtime_s3_config(url=deps["storage"].url), capacity=self.target.capacity,
+            spool_dir=str(self.dir / "spool"))
         runtime_file = self.dir / "runtime.yaml"
         runtime_file.write_text(yaml.safe_dump(runtime_config, sort_keys=False))
-        runtime = await self._spawn(
-            "runtime",
-            [sys.executable, "-m", "reference_runtime", "serve", "--config", str(runtime_file)],
-            expect=["runtime"],
-        )
+        runtime_argv = [sys.executable, "-m", "reference_runtime", "serve", "--config", str(runtime_file)]
+        runtime = await self._spawn("runtime", runtime_argv, expect=["runtime"])
         runtime_url = runtime.urls["runtime"]
+        # restarts come back on the same port, as a pod behind a service keeps its address
+        runtime_config["port"] = int(runtime_url.rsplit(":", 1)[1])
+        runtime_file.write_text(yaml.safe_dump(runtime_config, sort_keys=False))
+        self._supervisor = asyncio.create_task(self._supervise(runtime, runtime_argv))
         return StackEndpoints(runtime_url=runtime_url, webhook_url=f"{runtime_url}/voice", auth_token=AUTH_TOKEN,
                               providers=dict(fakes.urls), toxiproxy_url=self.toxiproxy.url,
                               toxiproxy=choice.describe(), dependencies=dict(self.dependencies),
                               storage=self.storage)
+
+    async def _supervise(self, runtime: Service, argv: list[str]) -> None:
+        """Restart the runtime when it exits during the run, as an orchestrator would: a drained runtime (the memory
+        safeguard exits on purpose, after finishing its calls) and a crashed one alike. Crash loops are bounded."""
+        current = runtime
+        while True:
+            oom = await self._watch_memory(current)
+            code = await current.process.wait()
+            if self._stopping:
+                return
+            self.on_event("runtime_exited", {"code": code, "restarts": self.restarts, "oom_killed": oom,
+                                             "drained": code == RUNTIME_DRAINED_EXIT})
+            if self.restarts >= MAX_RUNTIME_RESTARTS:
+                self.on_event("runtime_not_restarted", {"reason": f"{MAX_RUNTIME_RESTARTS} restarts already"})
+                return
+            await asyncio.sleep(RESTART_DELAY_S)
+            if self._stopping:
+                return
+            self.restarts += 1
+            try:
+                current = await self._spawn("runtime", argv, expect=["runtime"])
+            except StackError as exc:
+                self.on_event("runtime_not_restarted", {"reason": str(exc)[:500]})
+                return
+            self.on_event("runtime_restarted", {"restarts": self.restarts, "url": current.urls.get("runtime")})
+
+    async def _watch_memory(self, service: Service) -> bool:
+        """With ``memory_limit_mb``, act as a container's OOM killer: SIGKILL the runtime once its RSS passes the
+        limit. Returns whether it did; returns as soon as the process exits either way."""
+        process = service.process
+        limit = self.target.memory_limit_mb
+        if self.target.memory_headroom_mb is not None:
+            started = _rss_bytes(process.pid) / 2**20
+            limit = min(limit or float("inf"), started + self.target.memory_headroom_mb)
+            self.on_event("runtime_memory_limit", {"limit_mb": round(limit, 1), "rss_at_start_mb": round(started, 1)})
+        if limit is None:
+            return False
+        while process.returncode is None:
+            rss = _rss_bytes(process.pid)
+            if rss > limit * 2**20:
+                self.on_event("runtime_oom_killed", {"rss_mb": round(rss / 2**20, 1), "limit_mb": round(limit, 1)})
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(process.wait()), timeout=OOM_POLL_S)
+        return False
 
     async def _start_toxiproxy(self, choice: ToxiproxyChoice) -> ToxiproxyClient:
         if choice.kind == "external":
@@ -279,12 +367,18 @@ class EmbeddedStack:
                 fields = Path(f"/proc/{service.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
-            out[service.name] = round((int(fields[11]) + int(fields[12])) / ticks, 2)  # utime, stime
+            # utime + stime; a restarted runtime adds up (a process that exited is gone from /proc: not counted)
+            out[service.name] = round(out.get(service.name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks, 2)
         return out
 
     async def stop(self) -> None:
         """Remove this run's proxies, then SIGTERM every process we started (by PID), SIGKILL what is still running
         after a grace period."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
         if self.toxiproxy is not None:
             for dependency in self.dependencies.values():
                 with contextlib.suppress(ToxiproxyError):

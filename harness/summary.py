@@ -42,7 +42,18 @@ def _verdict(name: str, measured: float | None, target: float, *, at_most: bool,
             "verdict": verdict, "note": note}
 
 
-def summarize(calls: list[dict[str, Any]], lateness: dict[str, Any], targets: Targets) -> dict[str, Any]:
+def answered(call: dict[str, Any]) -> bool:
+    """The platform answered a new call: it neither refused nor failed the connection, and the caller heard the
+    greeting (when the script waits for one). Worker availability is the share of calls answered."""
+    if str(call.get("outcome")) in ("rejected", "failed_to_connect"):
+        return False
+    greetings = [t for t in call.get("turns", []) if t["kind"] == "greeting"]
+    return not greetings or greetings[0]["first_audio_at"] is not None
+
+
+def summarize(calls: list[dict[str, Any]], lateness: dict[str, Any], targets: Targets,
+              recordings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``recordings``: the object-store count (``harness.run._count_recordings``), when the run had one."""
     outcomes = Counter(str(call.get("outcome")) for call in calls)
     turns = [turn for call in calls for turn in call.get("turns", [])]
     replies = [t for t in turns if t["kind"] == "reply"]
@@ -66,10 +77,21 @@ def summarize(calls: list[dict[str, Any]], lateness: dict[str, Any], targets: Ta
     dead_air_turns = sum(1 for g in max_gaps if g > targets.dead_air_ms)
     broken_turns = sum(1 for g in max_gaps if g > targets.broken_silence_ms)
     lateness_p99 = lateness.get("p99_ms")
+    answered_calls = sum(1 for call in calls if answered(call))
+    availability = round(answered_calls / total, 4) if total else None
+    lost = None
+    if recordings is not None and recordings.get("listing_error") is None:
+        lost = int(recordings["missing"])
 
     verdicts = [
         _verdict("call_success_rate", success_rate, targets.call_success_rate, at_most=False, unit="",
                  note=", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))),
+        _verdict("worker_availability", availability, targets.worker_availability, at_most=False, unit="",
+                 note=f"{answered_calls}/{total} new calls answered (not refused, greeting heard)"),
+        _verdict("recordings_lost", lost, targets.recordings_lost, at_most=True, unit="",
+                 note="no object store in this run" if recordings is None else
+                 f"listing failed: {recordings['listing_error']}" if lost is None else
+                 f"{recordings['arrived']}/{recordings['calls_with_media']} recordings in the bucket"),
         _verdict("response_latency_p95_ms", percentile(reply_latency, 95), targets.response_latency_p95_ms,
                  at_most=True, unit=" ms", note=f"{len(reply_latency)} replies"),
         _verdict("max_silence_gap_ms", round(max(max_gaps), 1) if max_gaps else None, targets.dead_air_ms,
@@ -107,7 +129,8 @@ def summarize(calls: list[dict[str, Any]], lateness: dict[str, Any], targets: Ta
                 if any(v["verdict"] == NOT_MEASURED for v in judged) else ""),
             NOT_MEASURED: "no calls were placed",
         }[overall],
-        "calls": {"total": total, "outcomes": dict(outcomes), "success_rate": success_rate},
+        "calls": {"total": total, "outcomes": dict(outcomes), "success_rate": success_rate,
+                  "answered": answered_calls, "worker_availability": availability},
         "turns": {"total": len(turns), "status": dict(statuses)},
         "response_latency_ms": distribution(reply_latency),
         "greeting_latency_ms": distribution(greeting_latency),

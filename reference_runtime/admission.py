@@ -3,8 +3,8 @@
 A process takes at most ``capacity`` calls at once. The webhook asks :meth:`Admission.has_room` (answering
 ``<Reject reason="busy"/>`` when full); the media websocket takes a slot with :meth:`admit` (closing with 1013
 "at capacity" or "draining" when refused) and gives it back with :meth:`release` once the call, *including the
-hand-over of its recording*, is over. Draining (SIGTERM today; the memory safeguard later) refuses new calls
-and lets those in progress finish.
+hand-over of its recording*, is over. Draining (SIGTERM, or the memory safeguard at 85 % of its budget) refuses
+new calls the same way and lets those in progress finish; ``drain_reason`` says which.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Admission:
         self.capacity = capacity
         self.active: set[str] = set()
         self.draining = False
+        self.drain_reason: str | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -51,7 +52,10 @@ class Admission:
         if not self.active:
             self._idle.set()
 
-    def drain(self) -> None:
+    def drain(self, reason: str = "shutdown") -> None:
+        """Refuse new calls from now on (for good: a drained process exits). The first reason given is kept."""
+        if not self.draining:
+            self.drain_reason = reason
         self.draining = True
 
     async def wait_idle(self) -> None:

@@ -6,7 +6,7 @@ Routes:
   full)
 - ``GET /media``    Twilio Media Streams websocket, one :class:`~reference_runtime.call.Call` per connection
 - ``GET /healthz``  liveness + active calls and capacity (JSON)
-- ``GET /readyz``   200 while accepting calls, 503 when full or draining
+- ``GET /readyz``   200 while accepting calls, 503 when full or draining (SIGTERM, or the memory safeguard)
 - ``GET /metrics``  Prometheus text from this app's own registry
 """
 
@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -26,14 +27,17 @@ from aiohttp import web
 from harness.clock import Clock, MonotonicClock
 from reference_runtime import signature, twiml
 from reference_runtime.admission import CLOSE_TRY_AGAIN_LATER, Admission
-from reference_runtime.audio_plan import AudioPlanner, plan_from_config
+from reference_runtime.audio_plan import AudioPlanner, plan_audio
 from reference_runtime.call import Call, CallServices, LinkClosed
+from reference_runtime.compat import ensure_compatible
 from reference_runtime.config import RuntimeConfig
+from reference_runtime.memory import EXIT_DRAINED, CallMemoryLedger, MemoryMonitor, ProcessProbe
 from reference_runtime.metrics import CONTENT_TYPE, RuntimeMetrics, process_rss_bytes
 from reference_runtime.providers import Providers, build_providers
 from reference_runtime.recording import RecordingSink, build_recording_sink
-from reference_runtime.tools import HttpToolRunner, StaticToolRunner, ToolRunner
-from reference_runtime.workflow import HttpWorkflowClient, LoggingWorkflowClient, WorkflowClient
+from reference_runtime.spool import SpoolingRecordingSink
+from reference_runtime.tools import FillerPolicy, HttpToolRunner, StaticToolRunner, ToolRunner
+from reference_runtime.workflow import HttpWorkflowClient, LoggingWorkflowClient, WorkflowClient, WorkflowWorker
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +59,19 @@ class Runtime:
     providers: Providers | None = None
     workflow: WorkflowClient | None = None
     tools: ToolRunner | None = None
+    workflow_worker: WorkflowWorker | None = None
+    filler_policy: FillerPolicy | None = None
+    #: safeguard 5: what finished calls leave in memory, and the RSS monitor (alert, drain)
+    call_memory: CallMemoryLedger | None = None
+    memory_monitor: MemoryMonitor | None = None
     session: aiohttp.ClientSession | None = None
     calls: dict[str, Call] = field(default_factory=dict)
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    #: why the process stops (``signal`` or ``memory``), the exit code it asks for, and details for its last line
+    stop_reason: str | None = None
+    exit_code: int = 0
+    stop_detail: dict[str, Any] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def next_call_id(self) -> str:
@@ -66,6 +79,7 @@ class Runtime:
 
     def services(self) -> CallServices:
         assert self.providers is not None and self.workflow is not None and self.tools is not None
+        assert self.workflow_worker is not None and self.filler_policy is not None
         return CallServices(
             config=self.config,
             providers=self.providers,
@@ -75,11 +89,19 @@ class Runtime:
             recording_sink=self.recording_sink,
             workflow=self.workflow,
             tools=self.tools,
+            workflow_worker=self.workflow_worker,
+            filler_policy=self.filler_policy,
+            call_memory=self.call_memory,
         )
 
-    def request_stop(self) -> None:
-        """Drain and exit (SIGTERM today; the memory safeguard later)."""
-        self.admission.drain()
+    def request_stop(self, reason: str = "signal", exit_code: int = 0, detail: dict[str, Any] | None = None) -> None:
+        """Drain and exit: SIGTERM/SIGINT (``signal``, exit 0 once the calls finish or ``shutdown_grace_s`` ends) or
+        the memory safeguard (``memory``, exit :data:`~reference_runtime.memory.EXIT_DRAINED` once the calls in
+        progress have finished). The first request decides the reason and the exit code."""
+        if self.stop_reason is None:
+            self.stop_reason, self.exit_code, self.stop_detail = reason, exit_code, dict(detail or {})
+            self.metrics.drain_started(reason)
+        self.admission.drain(reason)
         self.stop_requested.set()
 
 
@@ -94,8 +116,14 @@ def create_app(
     workflow_client: WorkflowClient | None = None,
     tool_runner: ToolRunner | None = None,
     providers: Providers | None = None,
-    audio_planner: AudioPlanner = plan_from_config,
+    audio_planner: AudioPlanner = plan_audio,
+    process_probe: ProcessProbe | None = None,
 ) -> web.Application:
+    """``process_probe`` replaces the memory monitor's RSS/CPU reader (tests); the rest as the README says."""
+    # Safeguard 2 (fixed): an incompatible telephony/STT/TTS config is refused here, before any call
+    # (raises compat.IncompatibleConfig naming both sides); the broken way starts with whatever it is given.
+    ensure_compatible(config)
+    clock = clock or MonotonicClock()
     admission = Admission(config.capacity)
     metrics = RuntimeMetrics(
         active_calls=lambda: len(admission.active),
@@ -103,10 +131,14 @@ def create_app(
         ready=lambda: 1.0 if admission.accepting else 0.0,
     )
     if recording_sink is None:
-        recording_sink = build_recording_sink(config.recording, observer=metrics, workers=config.capacity)
+        # safeguard 1: broken uploads while the call waits; fixed spools and uploads in the background
+        recording_sink = build_recording_sink(
+            config.recording, observer=metrics, workers=config.capacity, mode=config.safeguards.recording,
+            clock=clock,
+        )
     runtime = Runtime(
         config=config,
-        clock=clock or MonotonicClock(),
+        clock=clock,
         admission=admission,
         metrics=metrics,
         audio_planner=audio_planner,
@@ -114,6 +146,17 @@ def create_app(
         providers=providers,
         workflow=workflow_client,
         tools=tool_runner,
+    )
+    # safeguard 5: broken keeps every finished call's buffers; fixed releases them and drains at the budget
+    runtime.call_memory = CallMemoryLedger(keep=config.safeguards.memory == "broken")
+    metrics.watch_call_memory(runtime.call_memory)
+    runtime.memory_monitor = MemoryMonitor(
+        config.memory,
+        config.safeguards.memory,
+        clock=clock,
+        probe=process_probe,
+        observer=metrics,
+        drain=lambda detail: runtime.request_stop("memory", EXIT_DRAINED, detail),
     )
     app = web.Application()
     app[RUNTIME] = runtime
@@ -123,8 +166,26 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.cleanup_ctx.append(_http_session)
+    app.cleanup_ctx.append(_background_safeguards)
     app.on_shutdown.append(_close_calls)
     return app
+
+
+async def _background_safeguards(app: web.Application) -> AsyncIterator[None]:
+    """The memory monitor and, in fixed recording mode, the spool's uploader (it starts with what an earlier
+    process left in the spool). Stopped after the calls: the uploader gets a few seconds for an upload in flight,
+    and every recording not yet stored stays in the spool for the next process."""
+    runtime = app[RUNTIME]
+    sink = runtime.recording_sink
+    if isinstance(sink, SpoolingRecordingSink):
+        sink.start()
+    if runtime.memory_monitor is not None:
+        runtime.memory_monitor.start()
+    yield
+    if runtime.memory_monitor is not None:
+        await runtime.memory_monitor.stop()
+    if isinstance(sink, SpoolingRecordingSink):
+        await sink.stop(timeout_s=min(5.0, runtime.config.shutdown_grace_s))
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
@@ -139,7 +200,12 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
     )
     if runtime.providers is None:
         runtime.providers = build_providers(
-            config.providers, runtime.session, clock=runtime.clock, observer=runtime.metrics
+            config.providers,
+            runtime.session,
+            clock=runtime.clock,
+            observer=runtime.metrics,
+            mode=config.safeguards.providers,
+            resilience=runtime.metrics,
         )
     if runtime.workflow is None:
         runtime.workflow = (
@@ -153,7 +219,18 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
             if config.tools.url
             else StaticToolRunner(config.tools.static_results)
         )
+    # safeguards 3 and 6 (used in fixed mode): the workflow worker delivers through the workflow client; the
+    # filler policy learns tool latencies across this process's calls
+    runtime.workflow_worker = WorkflowWorker.from_config(
+        config.workflow, runtime.workflow, clock=runtime.clock, observer=runtime.metrics
+    )
+    runtime.workflow_worker.start()
+    runtime.filler_policy = FillerPolicy.from_config(config.tools)
     yield
+    # after the calls (on_shutdown closed them): deliver what is queued, count what cannot be
+    undelivered = await runtime.workflow_worker.stop(config.workflow.drain_timeout_s)
+    if undelivered:
+        log.warning("shutdown: %d workflow event(s) left undelivered", undelivered)
     await runtime.session.close()
 
 
@@ -278,6 +355,12 @@ async def healthz(request: web.Request) -> web.Response:
         "accepting": admission.accepting,
         "rss_bytes": int(process_rss_bytes()),
     }
+    if admission.draining:
+        body["drain_reason"] = admission.drain_reason
+    monitor = runtime.memory_monitor
+    if monitor is not None:
+        body["memory_budget_bytes"] = int(monitor.budget_bytes)
+        body["memory_fraction"] = round(monitor.watch.fraction, 4)
     return web.json_response(body)
 
 
@@ -286,9 +369,10 @@ async def readyz(request: web.Request) -> web.Response:
     if admission.accepting:
         return web.json_response({"ready": True})
     reason = "draining" if admission.draining else "at capacity"
-    return web.Response(
-        status=503, text=json.dumps({"ready": False, "reason": reason}), content_type="application/json"
-    )
+    body: dict[str, Any] = {"ready": False, "reason": reason}
+    if admission.draining:
+        body["drain_reason"] = admission.drain_reason  # "memory" (safeguard 5) or "signal"
+    return web.Response(status=503, text=json.dumps(body), content_type="application/json")
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

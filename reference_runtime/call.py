@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from harness.clock import Clock
-from reference_runtime.audio_plan import AudioPlan, AudioPlanner
+from reference_runtime.audio_plan import AudioMismatch, AudioPlan, AudioPlanner
 from reference_runtime.config import RuntimeConfig
 from reference_runtime.dialog import (
     Dialog,
@@ -55,6 +55,7 @@ from reference_runtime.media_stream import (
     StreamStarted,
     StreamStopped,
 )
+from reference_runtime.memory import CallMemoryLedger
 from reference_runtime.metrics import RuntimeMetrics
 from reference_runtime.playout import Playout
 from reference_runtime.providers.base import (
@@ -68,10 +69,10 @@ from reference_runtime.providers.base import (
 )
 from reference_runtime.recording import Recording, RecordingSink
 from reference_runtime.sentences import SentenceSplitter, split_sentences
-from reference_runtime.tools import ToolRunner
+from reference_runtime.tools import FillerPolicy, ToolRunner, tool_error
 from reference_runtime.transcoder import Transcoder
 from reference_runtime.vad import EnergyVad, SpeechStarted
-from reference_runtime.workflow import CallContext, WorkflowClient, WorkflowError
+from reference_runtime.workflow import CallContext, WorkflowClient, WorkflowError, WorkflowWorker
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,12 @@ class CallServices:
     recording_sink: RecordingSink
     workflow: WorkflowClient
     tools: ToolRunner
+    #: safeguard 3 (fixed): delivers workflow events in the background
+    workflow_worker: WorkflowWorker
+    #: safeguard 6 (fixed): when a tool round gets a filler (learns tool latencies across calls)
+    filler_policy: FillerPolicy
+    #: safeguard 5: takes the call's buffers at call end (broken: keeps them, the leak; fixed: only measures)
+    call_memory: CallMemoryLedger | None = None
 
 
 class Call:
@@ -156,6 +163,10 @@ class Call:
         self._ending = False
         self._failure: str | None = None
         self._started_at = services.clock.now()
+        #: tools whose turn carried on without them (safeguard 6); their results go to the next turn
+        self._late_tools: set[asyncio.Task[ToolResult]] = set()
+        #: when the current response first sent audio (time to first audio of tool turns)
+        self._first_audio_at: float | None = None
 
     @property
     def context(self) -> CallContext:
@@ -210,7 +221,15 @@ class Call:
 
     async def _on_start(self, start: StreamStarted) -> None:
         self.start = start
-        plan = self.plan = self.s.audio_planner(self.s.config, start)
+        try:
+            plan = self.plan = self.s.audio_planner(self.s.config, start)
+        except AudioMismatch as error:
+            # safeguard 2: a stream in another format than its transport's would be garbled both ways: refuse it
+            log.warning("call %s: %s", self.call_id, error)
+            self._failure = "encoding_mismatch"
+            with contextlib.suppress(LinkClosed, ConnectionError):
+                await self.link.close(CLOSE_POLICY, "audio format mismatch")
+            return
         vad = self.s.config.vad
         self._inbound = Transcoder(plan.telephony, plan.stt)
         self._vad = EnergyVad(
@@ -357,11 +376,10 @@ class Call:
             return
         self.s.metrics.turns.inc()
         self._spoken = []
+        turn_started, self._first_audio_at = self.s.clock.now(), None
         for event in plan.events:
-            await self._emit(
-                event
-            )  # inside the turn: the broken way of incident 3 unless the client is async
-        request, goodbye = plan.request, None
+            await self._emit(event)  # broken mode awaits the workflow API here (incident 3); fixed enqueues
+        request, goodbye, ran_tools = plan.request, None, False
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak_queue(sentences), name=f"{self.call_id}-speaker")
         try:
@@ -369,8 +387,14 @@ class Call:
                 reply = await self._ask_llm(request, sentences)
                 step = self.dialog.reply_received(reply)
                 if isinstance(step, RunTools):
-                    results = [await self._run_tool(call) for call in step.calls]
-                    request = self.dialog.tool_results(results)
+                    ran_tools = True
+                    if self.s.config.safeguards.tools == "fixed":
+                        after_tools = await self._run_tools_speculatively(step.calls, reply, sentences)
+                    else:  # broken (incident 6): silence for the tools' whole duration, then the LLM again
+                        after_tools = self.dialog.tool_results([await self._run_tool(c) for c in step.calls])
+                    if isinstance(after_tools, TurnComplete):  # carried on without a late result
+                        break
+                    request = after_tools
                     continue
                 assert isinstance(step, TurnComplete)
                 goodbye = step.goodbye
@@ -385,8 +409,61 @@ class Call:
                 speaker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await speaker
+        if ran_tools and self._first_audio_at is not None:
+            self.s.metrics.tool_turn_first_audio.observe(max(0.0, self._first_audio_at - turn_started))
         if goodbye:
             await self._hang_up()
+
+    async def _run_tools_speculatively(
+        self, calls: tuple[ToolCall, ...], reply: LlmReply, sentences: asyncio.Queue[str | None]
+    ) -> LlmRequest | TurnComplete:
+        """Safeguard 6 (fixed): the tools run as tasks while the filler is spoken (at once for a tool expected
+        to be slow, else when they have not all answered after ``filler_after_s``; not when the LLM said
+        something itself). Results within ``result_wait_s`` of the start are used in this turn (the LLM is asked
+        again and its answer follows the filler); otherwise ``still_checking`` is said, the turn carries on, and
+        each late result is handed to the dialog for the next turn when it arrives."""
+        config = self.s.config.tools
+        tasks = {
+            asyncio.create_task(self._run_tool(call), name=f"{self.call_id}-tool-{call.name}"): call
+            for call in calls
+        }
+        pending: set[asyncio.Task[ToolResult]] = set(tasks)
+        try:
+            plan = self.s.filler_policy.plan(call.name for call in calls)
+            if plan.after_s > 0:
+                _, pending = await asyncio.wait(pending, timeout=plan.after_s)
+            if pending and not reply.text:
+                sentences.put_nowait(config.filler)
+                self.dialog.filler_spoken(config.filler)
+                self.s.metrics.tool_fillers.labels(trigger=plan.trigger).inc()
+            if pending:
+                _, pending = await asyncio.wait(pending, timeout=max(0.0, config.result_wait_s - plan.after_s))
+        except asyncio.CancelledError:
+            # the caller spoke again: this turn's tool exchange is dropped with it, and so are its tools
+            for task in tasks:
+                task.cancel()
+            raise
+        if not pending:
+            return self.dialog.tool_results([task.result() for task in tasks])
+        log.info("call %s: %d tool(s) still running, carrying on without them", self.call_id, len(pending))
+        for task in pending:
+            self._late_tools.add(task)
+            task.add_done_callback(self._late_tool_done)
+        sentences.put_nowait(config.still_checking)
+        return self.dialog.tools_deferred(
+            [task.result() for task in tasks if task not in pending],
+            [call for task, call in tasks.items() if task in pending],
+            config.still_checking,
+        )
+
+    def _late_tool_done(self, task: asyncio.Task[ToolResult]) -> None:
+        self._late_tools.discard(task)
+        if task.cancelled() or task.exception() is not None or self._ending:
+            return
+        result = task.result()
+        if self.dialog.late_tool_result(result):
+            log.info("call %s: late result of %s kept for the next turn", self.call_id, result.call.name)
+            self.s.metrics.tool_late_results.labels(tool=result.call.name).inc()
 
     async def _ask_llm(self, request: LlmRequest, sentences: asyncio.Queue[str | None]) -> LlmReply:
         splitter = SentenceSplitter()
@@ -434,6 +511,8 @@ class Call:
 
     async def _send_audio(self, audio: bytes) -> None:
         assert self.plan is not None
+        if self._first_audio_at is None:
+            self._first_audio_at = self.s.clock.now()
         self.agent_audio += audio
         self._response_spoke = True
         self.playout.audio_sent(self.plan.telephony.duration(len(audio)))
@@ -454,6 +533,13 @@ class Call:
 
     async def _emit(self, event: WorkflowEvent) -> None:
         started = self.s.clock.now()
+        if self.s.config.safeguards.workflows == "fixed":
+            # Safeguard 3: an enqueue (it never blocks or raises); the worker delivers, retries and counts the
+            # outcome, so a slow or failing workflow API never reaches the caller.
+            self.s.workflow_worker.emit(event, self.context)
+            self.s.metrics.workflow_latency.observe(self.s.clock.now() - started)
+            return
+        # broken (incident 3): the turn waits for the workflow API before the LLM is even asked
         try:
             await self.s.workflow.emit(event, self.context)
             self.s.metrics.workflow_events.labels(outcome="ok").inc()
@@ -465,8 +551,14 @@ class Call:
 
     async def _run_tool(self, call: ToolCall) -> ToolResult:
         started = self.s.clock.now()
-        result = await self.s.tools.run(call, self.context)
-        self.s.metrics.tool_latency.labels(tool=call.name).observe(self.s.clock.now() - started)
+        try:
+            result = await self.s.tools.run(call, self.context)
+        except Exception as error:  # a runner breaking its contract (tools.py) must not end the turn
+            log.exception("call %s: tool %s raised", self.call_id, call.name)
+            result = ToolResult(call, tool_error(f"{type(error).__name__}: {error}"))
+        elapsed = self.s.clock.now() - started
+        self.s.metrics.tool_latency.labels(tool=call.name).observe(elapsed)
+        self.s.filler_policy.observe(call.name, elapsed)
         outcome = "error" if tool_failed(result) else "ok"
         self.s.metrics.tool_calls.labels(tool=call.name, outcome=outcome).inc()
         return result
@@ -488,6 +580,10 @@ class Call:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._response), timeout=2.0)
         await self._cancel_response()
+        late_tools = list(self._late_tools)  # results nobody will hear
+        for task in late_tools:
+            task.cancel()
+        await asyncio.gather(*late_tools, return_exceptions=True)
         if self._stt is not None:
             with contextlib.suppress(ProviderError):
                 await self._stt.close()
@@ -520,6 +616,8 @@ class Call:
         # Release the per-call buffers now: only the recording (owned by the sink from here) keeps the audio.
         self.caller_audio = bytearray()
         self.agent_audio = bytearray()
+        if self.s.call_memory is not None:
+            self.s.call_memory.call_ended(recording)  # safeguard 5: broken keeps the buffers past the call
         started = self.s.clock.now()
         try:
             await self.s.recording_sink.store(recording)

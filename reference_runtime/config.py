@@ -35,6 +35,15 @@ class TwilioConfig(_Strict):
     auth_token: str | None = None
 
 
+class TelephonyConfig(_Strict):
+    """Who carries the calls, and how: this fixes the audio the caller side speaks (safeguard 2 chooses the
+    telephony format from it, reference_runtime/compat.py ``TELEPHONY_FORMATS``: Twilio PSTN is μ-law 8 kHz,
+    Twilio WebRTC and Daily are PCM 16 kHz)."""
+
+    provider: Literal["twilio", "daily"] = "twilio"
+    transport: Literal["pstn", "webrtc"] = "pstn"
+
+
 class AudioFormatConfig(_Strict):
     encoding: Literal["mulaw", "alaw", "linear16"]
     sample_rate: Annotated[int, Field(ge=8000, le=48000)]
@@ -56,6 +65,29 @@ class DeepgramSttConfig(_Strict):
     utterance_end_ms: Annotated[int, Field(ge=1000, le=10_000)] | None = 1000
     #: seconds without audio after which a ``KeepAlive`` is sent (Deepgram closes after 10 s of nothing).
     keepalive_s: Annotated[float, Field(gt=0, le=9)] = 4.0
+    #: seconds to open the websocket (connect + handshake): past it the open fails, and a fallback is tried.
+    open_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+
+class AssemblyAISttConfig(_Strict):
+    """AssemblyAI Universal-Streaming (v3 websocket), the STT fallback of another API family than Deepgram."""
+
+    kind: Literal["assemblyai"]
+    #: ``https://streaming.assemblyai.com`` or a fake's ``http://127.0.0.1:PORT`` (``/v3/ws`` is appended).
+    base_url: str
+    api_key: str = "test-key"
+    speech_model: str = "universal-streaming-english"
+    #: ask for formatted finals (punctuation, casing): the final of a turn is then its formatted ``Turn``.
+    format_turns: bool = True
+    #: AssemblyAI's ``min_end_of_turn_silence_when_confident`` (ms of silence that end a confident turn).
+    min_end_of_turn_silence_ms: Annotated[int, Field(ge=0, le=10_000)] = 400
+    #: AssemblyAI's ``max_turn_silence`` (ms of silence that end a turn whatever the confidence).
+    max_turn_silence_ms: Annotated[int, Field(ge=0, le=10_000)] = 1280
+    #: audio is sent in chunks of at least this many ms: AssemblyAI refuses chunks under 50 ms (close 3007), and
+    #: Twilio's are 20 ms.
+    chunk_ms: Annotated[int, Field(ge=50, le=1000)] = 100
+    #: seconds to open the websocket and receive ``Begin``.
+    open_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
 
 
 class OpenAILlmConfig(_Strict):
@@ -67,6 +99,22 @@ class OpenAILlmConfig(_Strict):
     #: connect timeout and longest wait between two streamed chunks, in seconds.
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+
+
+class AnthropicLlmConfig(_Strict):
+    """Anthropic Messages API (``POST /v1/messages``, SSE), the LLM fallback of another API family than OpenAI."""
+
+    kind: Literal["anthropic"]
+    #: ``https://api.anthropic.com`` or a fake's ``http://127.0.0.1:PORT``; a trailing ``/v1`` is accepted.
+    base_url: str
+    api_key: str = "test-key"
+    model: str = "claude-3-5-haiku-latest"
+    #: required by the Messages API; a phone reply is short.
+    max_tokens: Annotated[int, Field(ge=1, le=100_000)] = 1024
+    #: connect timeout and longest wait between two streamed events, in seconds.
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    anthropic_version: str = "2023-06-01"
 
 
 class ElevenLabsTtsConfig(_Strict):
@@ -92,10 +140,49 @@ class DeepgramTtsConfig(_Strict):
 TtsConfig = Annotated[ElevenLabsTtsConfig | DeepgramTtsConfig, Field(discriminator="kind")]
 
 
+SttFallbackConfig = Annotated[DeepgramSttConfig | AssemblyAISttConfig, Field(discriminator="kind")]
+LlmFallbackConfig = Annotated[OpenAILlmConfig | AnthropicLlmConfig, Field(discriminator="kind")]
+
+
+class FallbacksConfig(_Strict):
+    """Providers tried in this order after the primary (safeguard 4, fixed mode only), each with its own breaker.
+    ``kind`` is required here; each kind at most once per role (metrics and breakers are keyed by provider)."""
+
+    stt: list[SttFallbackConfig] = Field(default_factory=list)
+    llm: list[LlmFallbackConfig] = Field(default_factory=list)
+    tts: list[TtsConfig] = Field(default_factory=list)
+
+
+class BreakerConfig(_Strict):
+    """The circuit breaker of every provider (reference_runtime/breaker.py)."""
+
+    #: consecutive failures (refusals, errors, timeouts, dropped streams) that open it
+    failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 3
+    #: seconds it stays open (the provider is skipped) before one trial request is let through
+    reset_after_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+
 class ProvidersConfig(_Strict):
+    #: the primaries (``kind`` optional for stt and llm, as before fallbacks existed)
     stt: DeepgramSttConfig
     llm: OpenAILlmConfig
     tts: TtsConfig
+    fallbacks: FallbacksConfig = Field(default_factory=FallbacksConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+    @model_validator(mode="after")
+    def _one_provider_of_a_kind_per_role(self) -> ProvidersConfig:
+        for role, primary, fallbacks in (
+            ("stt", self.stt, self.fallbacks.stt),
+            ("llm", self.llm, self.fallbacks.llm),
+            ("tts", self.tts, self.fallbacks.tts),
+        ):
+            kinds = [primary.kind, *(f.kind for f in fallbacks)]
+            repeated = sorted({k for k in kinds if kinds.count(k) > 1})
+            if repeated:
+                raise ValueError(f"{role}: a fallback must be another provider than the ones before it, {repeated} "
+                                 "appears twice")
+        return self
 
 
 # --- conversation -------------------------------------------------------------------------------------------
@@ -185,6 +272,31 @@ class S3StorageConfig(_Strict):
         return self
 
 
+class SpoolConfig(_Strict):
+    """The durable local spool in front of the object store (safeguard 1, fixed; reference_runtime/spool.py).
+
+    A call's recording is written here (atomically) when the call ends and its slot is freed at once; a
+    background uploader sends the spooled recordings to ``recording.s3`` and deletes each only once it is stored.
+    """
+
+    #: the spool folder. Point every process of one runtime instance at the same folder (the harness passes one
+    #: under the run folder): a restarted process uploads what its predecessor left. Unset: a fresh temporary
+    #: folder per process (logged; removed at exit when empty), so leftovers survive on disk but are picked up
+    #: only by a process configured with that folder.
+    dir: str | None = None
+    #: bytes the spool may hold; a recording that would exceed it is refused (counted lost). Unset: no limit.
+    max_bytes: Annotated[int, Field(ge=1)] | None = None
+    #: wait after the first failed upload, doubled after each further failure (with jitter) up to ``retry_max_s``
+    retry_initial_s: Annotated[float, Field(gt=0, le=600)] = 0.5
+    retry_max_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+    @model_validator(mode="after")
+    def _initial_below_max(self) -> SpoolConfig:
+        if self.retry_initial_s > self.retry_max_s:
+            raise ValueError("retry_initial_s must not exceed retry_max_s")
+        return self
+
+
 class RecordingConfig(_Strict):
     #: write each call's recording to this folder.
     folder: str | None = None
@@ -192,6 +304,11 @@ class RecordingConfig(_Strict):
     s3: S3StorageConfig | None = None
     #: with neither ``folder`` nor ``s3``: recordings are kept in memory, the last ``keep_last`` of them.
     keep_last: Annotated[int, Field(ge=0, le=10_000)] = 20
+    #: with ``s3`` and ``safeguards.recording: fixed``: the durable spool and the uploader's retries
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    #: with ``s3`` and ``safeguards.recording: fixed``: the uploader's circuit breaker (open: the store is not
+    #: tried for ``reset_after_s``; then one trial upload)
+    breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig(failure_threshold=3, reset_after_s=5.0))
 
     @model_validator(mode="after")
     def _one_destination(self) -> RecordingConfig:
@@ -200,23 +317,110 @@ class RecordingConfig(_Strict):
         return self
 
 
+class MemoryConfig(_Strict):
+    """The memory budget and its monitor (safeguard 5; reference_runtime/memory.py). RSS is compared with
+    ``budget_mb``: fixed mode alerts at ``alert_fraction`` and drains at ``drain_fraction`` (no new calls, the
+    calls in progress finish, then the process exits with code 75 for its supervisor to restart it)."""
+
+    #: the process's memory budget (a container's memory limit), in MiB
+    budget_mb: Annotated[float, Field(gt=0, le=1_048_576)] = 1024.0
+    #: seconds between two RSS readings
+    check_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    alert_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    drain_fraction: Annotated[float, Field(gt=0, le=1)] = 0.85
+    #: seconds a memory drain waits for the calls in progress before the process exits anyway
+    drain_timeout_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+    #: emulate the container's memory limit: at 100 % of the budget the process kills itself with SIGKILL, as
+    #: the kernel's OOM killer kills a container over its limit (calls in progress are dropped). Either mode;
+    #: off by default. The memory incident turns it on so that the broken side dies the way the incident did.
+    oom_kill: bool = False
+
+    @model_validator(mode="after")
+    def _alert_before_drain(self) -> MemoryConfig:
+        if self.alert_fraction > self.drain_fraction:
+            raise ValueError("alert_fraction must not exceed drain_fraction")
+        return self
+
+
 class WorkflowConfig(_Strict):
+    """Where workflow events go and, in fixed mode (safeguard 3), how the background worker delivers them
+    (reference_runtime/workflow.py)."""
+
     #: workflow events are POSTed as JSON here; without it they are only logged.
     url: str | None = None
+    #: per delivery attempt
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    #: events waiting for delivery; when full, a new event is dropped (and counted)
+    queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    #: events being delivered at a time
+    concurrency: Annotated[int, Field(ge=1, le=1000)] = 16
+    #: attempts per event, the first included (1 = no retry)
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    #: wait after the first failed attempt, doubled after each further one, up to ``retry_backoff_max_s``
+    retry_backoff_s: Annotated[float, Field(gt=0, le=600)] = 0.5
+    retry_backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    #: the workflow API's circuit breaker
+    breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig(failure_threshold=5, reset_after_s=5.0))
+    #: at shutdown, seconds given to the queued events before the undelivered ones are counted as dropped
+    drain_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
 
 
 class ToolsConfig(_Strict):
+    """Where tool calls go and, in fixed mode (safeguard 6), when a filler covers a slow tool
+    (reference_runtime/tools.py)."""
+
     #: tool calls are POSTed as JSON ``{"tool", "arguments", "call_sid"}`` here; the JSON reply is the result.
     url: str | None = None
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
     #: without ``url``: a canned result per tool name (unknown tools answer ``{"ok": true}``).
     static_results: dict[str, Any] = Field(default_factory=dict)
+    #: spoken while a slow tool runs
+    filler: Annotated[str, Field(min_length=1)] = "Let me check that for you."
+    #: spoken when the result has not arrived within ``result_wait_s``; the turn then carries on without it
+    still_checking: Annotated[str, Field(min_length=1)] = "I am still checking, one moment."
+    #: a tool expected to take at least this long gets the filler at once
+    slow_tool_s: Annotated[float, Field(ge=0, le=60)] = 0.5
+    #: otherwise the filler starts when the tool has not answered after this long
+    filler_after_s: Annotated[float, Field(ge=0, le=60)] = 0.4
+    #: seconds from a tool's start during which its result is awaited and used in the same turn
+    result_wait_s: Annotated[float, Field(gt=0, le=300)] = 3.0
+    #: expected latency per tool name, in seconds, before any run of it has ended (then learned from its runs);
+    #: tools not named here are unknown until their first run ends
+    expected_latency_s: dict[str, Annotated[float, Field(ge=0, le=300)]] = Field(default_factory=dict)
+    #: weight of the newest run in the learned latency (exponentially weighted moving average)
+    latency_ewma_alpha: Annotated[float, Field(gt=0, le=1)] = 0.3
+
+    @model_validator(mode="after")
+    def _filler_before_giving_up(self) -> ToolsConfig:
+        if self.result_wait_s <= self.filler_after_s:
+            raise ValueError("result_wait_s must be longer than filler_after_s (the filler comes first)")
+        return self
+
+
+Mode = Literal["broken", "fixed"]
 
 
 class SafeguardsConfig(_Strict):
-    """Reserved for the safeguards issue (spool, fallback chains, circuit breakers, memory drain...).
-    Today only the empty mapping is valid, so a scenario written for a later runtime fails loudly here."""
+    """The six safeguards of ``shared/mission.md``, each ``broken`` (the way a platform once shipped, reproducing
+    its incident) or ``fixed``. Every one defaults to ``fixed``, so a run shows the fix unless a scenario asks for
+    the broken way (the incident library does, per incident). Each safeguard's own settings sit in the section
+    that owns it (``recording.spool``, ``memory``, ``providers.fallbacks``...)."""
+
+    #: 1. recordings: broken = the call worker uploads synchronously at call end; fixed = durable spool, background
+    #: uploader with retries behind a circuit breaker
+    recording: Mode = "fixed"
+    #: 2. audio encoding: broken = PCM 16 kHz hard-coded; fixed = chosen per telephony provider and transport, and a
+    #: telephony/STT/TTS compatibility check that refuses a mismatched config before any call
+    encoding: Mode = "fixed"
+    #: 3. workflows: broken = the turn awaits the CRM/calendar call; fixed = the turn emits an event and keeps talking
+    workflows: Mode = "fixed"
+    #: 4. providers: broken = one provider per role, no breaker; fixed = a breaker per provider and ordered fallbacks
+    providers: Mode = "fixed"
+    #: 5. memory: broken = per-call buffers kept, nothing watches RSS; fixed = released at call end, RSS monitored
+    #: against a budget (alert 80 %, graceful drain 85 %)
+    memory: Mode = "fixed"
+    #: 6. tool calls: broken = run the tool, then speak; fixed = a filler and the tool in parallel for slow tools
+    tools: Mode = "fixed"
 
 
 # --- the whole runtime --------------------------------------------------------------------------------------
@@ -244,7 +448,14 @@ class RuntimeConfig(_Strict):
     stt_audio: AudioFormatConfig = AudioFormatConfig(encoding="linear16", sample_rate=8000)
     #: what the runtime asks TTS for (ElevenLabs ``output_format`` / Aura ``encoding`` + ``sample_rate``).
     tts_audio: AudioFormatConfig = AudioFormatConfig(encoding="mulaw", sample_rate=8000)
+    #: the telephony provider and transport (safeguard 2, fixed: the telephony format follows from it, and
+    #: ``telephony_audio``, when set, must agree with it).
+    telephony: TelephonyConfig = Field(default_factory=TelephonyConfig)
+    #: whether the runtime converts between the telephony, STT and TTS formats (G.711/PCM codecs, soxr
+    #: resampling). ``false``: audio passes through as bytes, so STT and TTS must use the telephony format itself.
+    transcoding: bool = True
     recording: RecordingConfig = Field(default_factory=RecordingConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
     workflow: WorkflowConfig = Field(default_factory=WorkflowConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     safeguards: SafeguardsConfig = Field(default_factory=SafeguardsConfig)

@@ -10,6 +10,12 @@ The dialog never calls anything: it answers each input with the next step for th
 (:class:`LlmRequest` to send, :class:`RunTools` to run, :class:`TurnComplete`), and the call feeds results
 back. A turn interrupted by the caller (barge-in) does not advance the graph: the objective is asked again
 next turn.
+
+Slow tools (safeguard 6): what the agent says while tools run (the filler) is recorded as the content of the
+assistant message that asked for them (OpenAI's format wants the ``tool`` messages right after it). A turn may
+carry on without a tool's result (:meth:`Dialog.tools_deferred`): the tool's message then holds a "pending"
+placeholder, the objective stays, and when the result arrives (:meth:`Dialog.late_tool_result`) it replaces the
+placeholder and the next LLM request's system prompt says so, until a reply that could use it completes a turn.
 """
 
 from __future__ import annotations
@@ -110,6 +116,12 @@ class LogEntry:
     text: str
 
 
+#: what the LLM reads in a tool's message while its result has not arrived (the turn went on without it)
+PENDING_RESULT = json.dumps({"status": "pending", "note": "the result has not arrived yet"})
+#: the system prompt's line when tool results arrived after the turn that asked for them had moved on
+LATE_RESULTS_NOTE = "Tool results that arrived after your last reply (now in the conversation): {names}."
+
+
 class DialogFinished(RuntimeError):
     """The graph has ended; no more caller turns are answered."""
 
@@ -125,6 +137,11 @@ class Dialog:
         self._turn_dtmf: tuple[str, ...] = ()
         self._turn_start: int | None = None
         self._tool_rounds = 0
+        #: tool calls whose turn carried on without their result: id -> call
+        self._pending_tools: dict[str, ToolCall] = {}
+        #: names of tools whose results arrived late, announced in the system prompt until a turn completes
+        self._late_results: list[str] = []
+        self._late_announced = 0
 
     @property
     def finished(self) -> bool:
@@ -178,6 +195,9 @@ class Dialog:
             self.history.append(ChatMessage("assistant", reply.text))
             self.log.append(LogEntry("agent", reply.text))
         self._turn_start = None
+        # the LLM has answered with the late results in front of it: stop announcing those
+        del self._late_results[: self._late_announced]
+        self._late_announced = 0
         self.objective = self._objectives.get(self.objective.next) if self.objective.next else None
         if self.objective is not None:
             self.log.append(LogEntry("objective", self.objective.name))
@@ -193,6 +213,53 @@ class Dialog:
         for result in results:
             self.history.append(ChatMessage("tool", result.content, tool_call_id=result.call.id))
         return self._request()
+
+    def filler_spoken(self, text: str) -> None:
+        """``text`` is being said while the tools of the last reply run: it becomes that reply's content."""
+        if self._turn_start is None:
+            raise RuntimeError("no turn in progress")
+        last = self.history[-1]
+        if last.role != "assistant" or not last.tool_calls:
+            raise RuntimeError("a filler belongs to a reply that asked for tools")
+        content = f"{last.content} {text}" if last.content else text
+        self.history[-1] = ChatMessage("assistant", content, tool_calls=last.tool_calls)
+        self.log.append(LogEntry("agent", text))
+
+    def tools_deferred(self, results: list[ToolResult], pending: list[ToolCall], said: str) -> TurnComplete:
+        """The turn carries on without the ``pending`` tools' results (they are slow): the results in hand
+        and a placeholder for each pending one go into the conversation, then ``said`` (what the agent says
+        instead). The objective does not advance: it was not answered."""
+        if self._turn_start is None:
+            raise RuntimeError("no turn in progress")
+        for result in results:
+            self.history.append(ChatMessage("tool", result.content, tool_call_id=result.call.id))
+        for call in pending:
+            self.history.append(ChatMessage("tool", PENDING_RESULT, tool_call_id=call.id))
+            self._pending_tools[call.id] = call
+            self.log.append(LogEntry("tool", f"{call.name}: result pending"))
+        if said:
+            self.history.append(ChatMessage("assistant", said))
+            self.log.append(LogEntry("agent", said))
+        self._turn_start = None
+        return TurnComplete(goodbye=None)
+
+    def late_tool_result(self, result: ToolResult) -> bool:
+        """A deferred tool's result arrived: it replaces its placeholder and is announced to the LLM from the
+        next request on. ``False`` when the call was not pending (already answered, or dropped with an
+        interrupted turn)."""
+        call = self._pending_tools.pop(result.call.id, None)
+        if call is None:
+            return False
+        for index in range(len(self.history) - 1, -1, -1):
+            message = self.history[index]
+            if message.role == "tool" and message.tool_call_id == call.id:
+                self.history[index] = ChatMessage("tool", result.content, tool_call_id=call.id)
+                break
+        else:
+            return False
+        self._late_results.append(call.name)
+        self.log.append(LogEntry("tool", f"{call.name}: result arrived late"))
+        return True
 
     def turn_interrupted(self, spoken: str) -> None:
         """The caller barged in (or spoke again) before the reply was complete: drop the half-done tool
@@ -212,6 +279,9 @@ class Dialog:
         )
         if self._turn_dtmf:
             system += f"\nKeys the caller pressed: {' '.join(self._turn_dtmf)}"
+        if self._late_results:
+            system += "\n" + LATE_RESULTS_NOTE.format(names=", ".join(dict.fromkeys(self._late_results)))
+            self._late_announced = len(self._late_results)
         tools = ()
         if self.objective.tool:
             tools = (

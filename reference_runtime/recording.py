@@ -3,9 +3,13 @@
 At call end the call hands its :class:`Recording` (the caller's audio and the agent's audio as two tracks,
 plus the dialog's log) to the sink, and only then frees its capacity slot. That ordering is the point of
 incident 1: a sink that uploads synchronously to a stalled object store keeps the slot busy, so the process
-stops answering calls. The safeguards issue adds a spooling sink; today's sinks keep recordings in memory, write
-them to a folder, or upload them to an S3-compatible object store (:class:`S3RecordingSink`) while the call
-waits: the broken way, on purpose.
+stops answering calls. The sinks keep recordings in memory, write them to a folder, or send them to an
+S3-compatible object store in one of two ways, picked by ``safeguards.recording``:
+
+- ``broken``: :class:`S3RecordingSink` uploads while the call waits (incident 1, on purpose);
+- ``fixed``: :class:`~reference_runtime.spool.SpoolingRecordingSink` writes the recording to a durable local
+  spool (the call waits only for the local write) and a background uploader sends it to the store with retries
+  behind a circuit breaker (reference_runtime/spool.py).
 
 Contract: ``store`` either keeps the recording or raises; the call counts the outcome in its metrics
 (``runtime_recordings_total{outcome}``). A sink that talks to a remote store also reports each upload, with the
@@ -45,10 +49,15 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from harness.audio.formats import AudioFormat, from_bytes, to_bytes
 from harness.clock import Clock, MonotonicClock
-from reference_runtime.config import RecordingConfig, S3StorageConfig
+from reference_runtime.config import Mode, RecordingConfig, S3StorageConfig
+
+#: the objects of one recording, in upload order: ``meta.json`` goes last so that its presence means "complete".
+CALLER_OBJECT = "caller.wav"
+AGENT_OBJECT = "agent.wav"
+META_OBJECT = "meta.json"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # weakref: the memory ledger sees whether it outlives its call
 class Recording:
     call_sid: str
     stream_sid: str
@@ -111,6 +120,16 @@ def metadata(recording: Recording) -> dict[str, Any]:
     }
 
 
+def recording_objects(recording: Recording) -> list[tuple[str, bytes, str]]:
+    """The objects of one recording in upload order, as ``(object name, body, content type)``: the two tracks as
+    WAV, then ``meta.json`` last (its presence in the store marks a complete recording)."""
+    return [
+        (CALLER_OBJECT, wav_bytes(recording.caller_audio, recording.audio_format), "audio/wav"),
+        (AGENT_OBJECT, wav_bytes(recording.agent_audio, recording.audio_format), "audio/wav"),
+        (META_OBJECT, json.dumps(metadata(recording), indent=2).encode("utf-8"), "application/json"),
+    ]
+
+
 def recording_name(recording: Recording) -> str:
     """The name a recording is filed under: its CallSid (a Twilio ``CA`` + 32 hex digits). The ``start``
     message comes from the network, so anything outside a safe file/key alphabet is replaced."""
@@ -138,11 +157,6 @@ class FolderRecordingSink:
 
 
 # --- object storage ---------------------------------------------------------------------------------------------
-
-#: the objects of one recording, in upload order: ``meta.json`` goes last so that its presence means "complete".
-CALLER_OBJECT = "caller.wav"
-AGENT_OBJECT = "agent.wav"
-META_OBJECT = "meta.json"
 
 
 def object_key(key_prefix: str, call_name: str, obj: str) -> str:
@@ -223,6 +237,28 @@ def s3_client(config: S3StorageConfig, *, max_pool_connections: int = 10) -> Any
     )
 
 
+class S3ObjectStore:
+    """Blocking puts to an S3 bucket (call from a worker thread): each failure after botocore's attempts is raised
+    as a :class:`RecordingUploadError` whose ``reason`` is the metric label. Shared by the synchronous sink and the
+    spool's background uploader, so both count failures the same way."""
+
+    def __init__(self, config: S3StorageConfig, *, max_pool_connections: int = 10) -> None:
+        self.config = config
+        self._client = s3_client(config, max_pool_connections=max_pool_connections)
+
+    def key(self, call_name: str, obj: str) -> str:
+        return object_key(self.config.key_prefix, call_name, obj)
+
+    def put(self, key: str, body: bytes, content_type: str) -> None:
+        try:
+            self._client.put_object(Bucket=self.config.bucket, Key=key, Body=body, ContentType=content_type)
+        except (BotoCoreError, ClientError) as error:
+            raise RecordingUploadError(upload_error_reason(error), key, str(error)) from error
+
+    def close(self) -> None:
+        self._client.close()
+
+
 class S3RecordingSink:
     """Uploads each recording as ``caller.wav``, ``agent.wav`` then ``meta.json`` under
     ``<key_prefix>/<call_sid>/``, and returns only when all three are stored: the call waits (today's behaviour,
@@ -246,7 +282,7 @@ class S3RecordingSink:
         self.config = config
         self._observer = observer or NullRecordingObserver()
         self._clock = clock or MonotonicClock()
-        self._client = s3_client(config, max_pool_connections=workers)
+        self._store = S3ObjectStore(config, max_pool_connections=workers)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3-recording")
 
     def keys(self, recording: Recording) -> list[str]:
@@ -263,33 +299,40 @@ class S3RecordingSink:
         the thread still finishes or times out, and the metrics say which. (Prometheus metrics are thread-safe.)
         """
         started = self._clock.now()
-        caller_key, agent_key, meta_key = self.keys(recording)
-        objects = [
-            (caller_key, wav_bytes(recording.caller_audio, recording.audio_format), "audio/wav"),
-            (agent_key, wav_bytes(recording.agent_audio, recording.audio_format), "audio/wav"),
-            (meta_key, json.dumps(metadata(recording), indent=2).encode("utf-8"), "application/json"),
-        ]
-        for key, body, content_type in objects:
+        name = recording_name(recording)
+        objects = recording_objects(recording)
+        for obj, body, content_type in objects:
             try:
-                self._client.put_object(Bucket=self.config.bucket, Key=key, Body=body, ContentType=content_type)
-            except (BotoCoreError, ClientError) as error:
-                reason = upload_error_reason(error)
-                self._observer.upload_failed(reason, self._clock.now() - started)
-                raise RecordingUploadError(reason, key, str(error)) from error
+                self._store.put(self._store.key(name, obj), body, content_type)
+            except RecordingUploadError as error:
+                self._observer.upload_failed(error.reason, self._clock.now() - started)
+                raise
         self._observer.upload_succeeded(self._clock.now() - started, sum(len(body) for _, body, _ in objects))
 
     def close(self) -> None:
         """Stop taking uploads and release the connection pool; an upload in flight ends at its own timeout."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+        self._store.close()
 
 
 def build_recording_sink(
-    config: RecordingConfig, *, observer: RecordingObserver | None = None, workers: int = 8
+    config: RecordingConfig,
+    *,
+    observer: RecordingObserver | None = None,
+    workers: int = 8,
+    mode: Mode = "broken",
+    clock: Clock | None = None,
 ) -> RecordingSink:
-    """The sink the ``recording`` config section asks for: S3, a folder, or memory."""
+    """The sink the ``recording`` config section asks for: S3, a folder, or memory. ``mode`` is
+    ``safeguards.recording`` and matters only for S3: ``broken`` (this function's default, the plain sink) uploads
+    while the call waits; ``fixed`` spools to local disk and uploads in the background. Folder and memory sinks
+    never wait on the network, so they are the same in both modes. The runtime passes its configured mode."""
     if config.s3 is not None:
-        return S3RecordingSink(config.s3, observer=observer, workers=workers)
+        if mode == "fixed":
+            from reference_runtime.spool import build_spooling_sink  # spool.py builds on this module
+
+            return build_spooling_sink(config, observer=observer, clock=clock)
+        return S3RecordingSink(config.s3, observer=observer, workers=workers, clock=clock)
     if config.folder:
         return FolderRecordingSink(config.folder)
     return MemoryRecordingSink(config.keep_last)

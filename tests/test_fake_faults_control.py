@@ -152,8 +152,8 @@ def test_faults_file_validation_names_file_and_field(tmp_path: Path) -> None:
     path.write_text("deepgram: [{kind: error, route: chat}]\n")
     with pytest.raises(ConfigError, match=r"deepgram: faults\.0\.route: unknown route 'chat'"):
         load_faults(path)
-    path.write_text("anthropic: []\n")
-    with pytest.raises(ConfigError, match="anthropic: Extra inputs are not permitted"):
+    path.write_text("cohere: []\n")
+    with pytest.raises(ConfigError, match="cohere: Extra inputs are not permitted"):
         load_faults(path)
     path.write_text(
         "openai: {faults: [{kind: rate_limit, probability: 0.25}], limits: {requests_per_second: 3}}\n"

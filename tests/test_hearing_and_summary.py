@@ -94,3 +94,24 @@ def test_calls_that_never_connected_fail_the_run_they_do_not_make_it_invalid() -
                         Targets())
     assert summary["verdict"] == "fail"
     assert "call_success_rate" in summary["verdict_reason"]
+
+
+def test_worker_availability_counts_calls_answered_and_recordings_lost_counts_the_bucket() -> None:
+    greeted = _turn(kind="greeting")
+    silent = _turn(kind="greeting", first_audio_at=None, heard=[], status="no_response")
+    calls = [
+        {"outcome": "completed", "turns": [greeted, _turn()]},
+        {"outcome": "rejected", "turns": []},  # refused at capacity
+        {"outcome": "timed_out", "turns": [silent]},  # connected, never greeted
+        {"outcome": "dropped", "turns": [greeted]},  # answered, then lost: a dropped call, not unavailability
+    ]
+    lateness = {"frames": 10, "p50_ms": 0.5, "p99_ms": 1.0, "max_ms": 2.0, "mean_ms": 0.6}
+    recordings = {"arrived": 1, "calls_with_media": 3, "missing": 2, "listing_error": None}
+    rows = {row["metric"]: row for row in summarize(calls, lateness, Targets(), recordings)["targets"]}
+    assert rows["worker_availability"]["measured"] == 0.5 and rows["worker_availability"]["verdict"] == "fail"
+    assert rows["recordings_lost"]["measured"] == 2 and rows["recordings_lost"]["verdict"] == "fail"
+    without_store = {row["metric"]: row for row in summarize(calls, lateness, Targets())["targets"]}
+    assert without_store["recordings_lost"]["verdict"] == "not_measured"
+    failed_listing = {**recordings, "listing_error": "timeout"}
+    rows = {row["metric"]: row for row in summarize(calls, lateness, Targets(), failed_listing)["targets"]}
+    assert rows["recordings_lost"]["verdict"] == "not_measured"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -54,3 +55,19 @@ async def test_a_removed_call_is_not_ticked_again() -> None:
         task.cancel()
     assert len(gone.scheduled) == ticks
     assert pacer.active == 1
+
+
+async def test_a_pacer_that_starts_late_sends_the_first_frames_late_never_skips_them() -> None:
+    pacer = Pacer(MonotonicClock())
+    calls = [Recorder(frames=3) for _ in range(SLOTS)]
+    firsts = [pacer.add(call) for call in calls]
+    # the event loop is busy elsewhere (blocked on purpose): every first frame is already due when the pacer starts
+    time.sleep(0.05)  # noqa: ASYNC251
+    task = asyncio.create_task(pacer.run())
+    try:
+        await asyncio.wait_for(asyncio.gather(*(call.done.wait() for call in calls)), timeout=30)
+    finally:
+        task.cancel()
+    for call, first in zip(calls, firsts, strict=True):
+        assert call.scheduled[0] == pytest.approx(first, abs=1e-9)
+    assert pacer.lateness.summary_ms()["max_ms"] >= 30  # sent late, and the lateness says so

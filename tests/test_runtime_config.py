@@ -26,7 +26,9 @@ def test_minimal_config_has_telephony_defaults() -> None:
     assert config.tts_audio.to_format() == TWILIO_MULAW_8K
     assert config.providers.tts.kind == "elevenlabs"
     assert config.twilio.auth_token is None
-    assert config.safeguards.model_dump() == {}
+    # every safeguard is on unless a scenario asks for the broken way (the incident library does)
+    assert config.safeguards.model_dump() == {name: "fixed" for name in
+                                              ("recording", "encoding", "workflows", "providers", "memory", "tools")}
 
 
 def test_tts_kind_selects_the_provider_model() -> None:

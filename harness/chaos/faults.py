@@ -25,9 +25,11 @@ from fake_providers.faults import FAULT_KINDS, FaultError, parse_fault
 from harness.chaos.toxiproxy_client import ToxicSpec, ToxiproxyClient
 
 #: every connection from the reference runtime to a dependency goes through a proxy named after it
-DEPENDENCIES: tuple[str, ...] = ("stt", "tts", "llm", "crm", "storage")
+#: (the ``*_fallback`` ones are the providers the runtime falls back to when the primary fails: safeguard 4)
+DEPENDENCIES: tuple[str, ...] = ("stt", "tts", "llm", "crm", "storage", "stt_fallback", "tts_fallback",
+                                 "llm_fallback")
 #: dependencies whose fake has a control API for application faults (object storage is a real S3 server)
-PROVIDER_FAULT_TARGETS: tuple[str, ...] = ("stt", "tts", "llm", "crm")
+PROVIDER_FAULT_TARGETS: tuple[str, ...] = tuple(d for d in DEPENDENCIES if d != "storage")
 
 #: Toxiproxy's toxic types and their attributes (shared/protocols/toxiproxy.md, "Toxics"); all are integers >= 0
 TOXIC_ATTRIBUTES: dict[str, tuple[str, ...]] = {

@@ -37,13 +37,22 @@ class ProviderError(Exception):
 class ProviderObserver(Protocol):
     """Where providers report what production dashboards need (implemented by the runtime's metrics)."""
 
-    def observe_latency(self, service: Service, provider: str, seconds: float) -> None: ...
+    def observe_latency(self, service: Service, provider: str, seconds: float) -> None:
+        """STT: audio sent -> the final covering it; LLM: request -> first token; TTS: request -> first byte."""
+        ...
+
+    def observe_first_result(self, service: Service, provider: str, seconds: float) -> None:
+        """STT: audio sent -> the first result with words of an utterance (an interim, usually)."""
+        ...
 
     def count_error(self, service: Service, provider: str, reason: str) -> None: ...
 
 
 class NullObserver:
     def observe_latency(self, service: Service, provider: str, seconds: float) -> None:
+        return None
+
+    def observe_first_result(self, service: Service, provider: str, seconds: float) -> None:
         return None
 
     def count_error(self, service: Service, provider: str, reason: str) -> None:

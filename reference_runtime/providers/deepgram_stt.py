@@ -3,7 +3,7 @@
 The message parsing is a pure function (:func:`parse_listen_message`); :class:`DeepgramSpeechToText` is the
 asyncio adapter over an ``aiohttp`` websocket. Latency reported to the observer ("STT final-transcript
 latency") is the time from sending the audio that ends a final result (``start + duration``) to receiving that
-result.
+result; "first result" latency is the same for the first result with words of each utterance (an interim, usually).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def parse_listen_message(text: str) -> SttEvent | None:
     return None
 
 
-class _SendLog:
+class SendLog:
     """When each stretch of audio was sent, to time a final result against the audio it covers."""
 
     def __init__(self, maxlen: int = 6000) -> None:
@@ -112,13 +112,14 @@ class DeepgramSttStream:
         self._format = audio_format
         self._clock = clock
         self._observer = observer
-        self._log = _SendLog()
+        self._log = SendLog()
         self._closing = False
         self._done = asyncio.Event()
         self._last_send = asyncio.get_running_loop().time()
         self._keepalive_s = keepalive_s
         self._close_wait_s = 0.5
         self._keepalive = asyncio.create_task(self._keep_alive(), name="deepgram-keepalive")
+        self._awaiting_first = True  # the next result with words is the first of its utterance
 
     async def send_audio(self, audio: bytes) -> None:
         if not audio:
@@ -144,10 +145,10 @@ class DeepgramSttStream:
                         raise ProviderError("stt", self._name, f"bad message: {error}") from error
                     if event is None:
                         continue
-                    if isinstance(event, Transcript) and event.is_final and event.text:
-                        sent_at = self._log.sent_at(event.start + event.duration)
-                        if sent_at is not None:
-                            self._observer.observe_latency("stt", self._name, self._clock.now() - sent_at)
+                    if isinstance(event, Transcript) and event.text:
+                        self._observe(event)
+                    elif isinstance(event, UtteranceEnd):
+                        self._awaiting_first = True
                     yield event
                 elif message.type == aiohttp.WSMsgType.ERROR:
                     break
@@ -158,6 +159,17 @@ class DeepgramSttStream:
                 )
         finally:
             self._done.set()
+
+    def _observe(self, event: Transcript) -> None:
+        sent_at = self._log.sent_at(event.start + event.duration)
+        if sent_at is None:
+            return
+        if self._awaiting_first:
+            self._observer.observe_first_result("stt", self._name, self._clock.now() - sent_at)
+            self._awaiting_first = False
+        if event.is_final:
+            self._observer.observe_latency("stt", self._name, self._clock.now() - sent_at)
+            self._awaiting_first = event.speech_final
 
     async def close(self) -> None:
         if self._closing:
@@ -206,18 +218,23 @@ class DeepgramSpeechToText:
 
     async def open_stream(self, audio_format: AudioFormat, *, call_id: str) -> DeepgramSttStream:
         try:
-            ws = await self._session.ws_connect(
-                listen_url(self._config, audio_format),
-                headers={"Authorization": f"Token {self._config.api_key}"},
-                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                autoping=True,
-            )
+            # bounded: a stalled handshake must cost seconds, then the next provider (or the call) is tried
+            async with asyncio.timeout(self._config.open_timeout_s):
+                ws = await self._session.ws_connect(
+                    listen_url(self._config, audio_format),
+                    headers={"Authorization": f"Token {self._config.api_key}"},
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    autoping=True,
+                )
         except aiohttp.WSServerHandshakeError as error:
             self._observer.count_error("stt", self.name, f"http_{error.status}")
             raise ProviderError(
                 "stt", self.name, f"handshake refused: {error.status}", status=error.status
             ) from error
-        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        except TimeoutError as error:
+            self._observer.count_error("stt", self.name, "timeout")
+            raise ProviderError("stt", self.name, "timeout: the websocket did not open") from error
+        except (aiohttp.ClientError, OSError) as error:
             self._observer.count_error("stt", self.name, "connect")
             raise ProviderError("stt", self.name, f"cannot connect: {error!r}") from error
         return DeepgramSttStream(
