@@ -184,7 +184,7 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
                 [(fault, _action(index, fault, plumbing, control_http)) for index, fault in enumerate(scenario.faults)],
                 clock=clock, emit=events.emit,
                 probe=CounterProbe(control_http, metrics_url=plumbing.metrics_url,
-                                   stats_urls={name: f"{url}/stats" for name, url in plumbing.controls.items() if url}))
+                                   stats_urls=_stats_urls(plumbing.controls)))
             out.write(f"voicechaos: fault timeline: {len(scenario.faults)} faults "
                       f"({'; '.join(f'{f.label} at {f.at:g} s' for f in scenario.faults)})\n")
         load_start_mono, load_start_wall = clock.now(), time.time()
@@ -318,6 +318,16 @@ def _fault_plumbing(scenario: Scenario, endpoints: StackEndpoints | None, stack:
         check_target(chaos.runtime_metrics_url, allow_remote=allow_remote, what="chaos.runtime_metrics_url")
     return FaultPlumbing(ToxiproxyClient(url), {k: ref.proxy for k, ref in chaos.dependencies.items()},
                          {k: ref.control_url for k, ref in chaos.dependencies.items()}, chaos.runtime_metrics_url)
+
+
+def _stats_urls(controls: dict[str, str | None]) -> dict[str, str]:
+    """One stats reading per fake: a fake that serves two dependencies (Deepgram: STT and the Aura TTS fallback)
+    is read once, under the first dependency's name, so its counters are not counted twice."""
+    out: dict[str, str] = {}
+    for name, url in controls.items():
+        if url and f"{url}/stats" not in out.values():
+            out[name] = f"{url}/stats"
+    return out
 
 
 def _action(index: int, fault: Fault, plumbing: FaultPlumbing, http: aiohttp.ClientSession) -> FaultAction:

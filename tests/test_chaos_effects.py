@@ -65,3 +65,12 @@ voicechaos_runtime_recordings_uploaded_total 7 1700000000000
         'voicechaos_runtime_provider_errors_total{provider="openai",role="llm",status="500"}': 1.0,
         "voicechaos_runtime_recordings_uploaded_total": 7.0,
     }
+
+
+def test_a_fake_serving_two_dependencies_is_read_once() -> None:
+    from harness.run import _stats_urls
+
+    controls = {"stt": "http://127.0.0.1:1/_chaos", "tts": "http://127.0.0.1:2/_chaos", "storage": None,
+                "tts_fallback": "http://127.0.0.1:1/_chaos"}
+    assert _stats_urls(controls) == {"stt": "http://127.0.0.1:1/_chaos/stats",
+                                     "tts": "http://127.0.0.1:2/_chaos/stats"}
