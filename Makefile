@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	# the report's browser test opens report.html in Debian's headless Chromium (tests/test_report_browser.py)
+	command -v chromium >/dev/null || (export DEBIAN_FRONTEND=noninteractive; apt-get update -q && \
+		apt-get install -y -q --no-install-recommends chromium) </dev/null >/dev/null
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
@@ -35,6 +38,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m bench.caller_capacity
 	$(BIN)/python -m bench.runtime_capacity
 	$(BIN)/python -m bench.toxiproxy_throughput
+	$(BIN)/python -m bench.report_scale
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     incident.add_argument("--quick", action="store_true", help="shorten every window for a fast check")
     incident.add_argument("--mode", choices=["broken", "fixed", "both"], default="both")
     incident.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    report = sub.add_parser("report", help="judge a run folder against the targets: report.html, summary.json, "
+                                           "junit.xml; exit 1 when a target is missed")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--baseline", type=Path, help="an earlier run folder: each metric's change, regressions "
+                                                      "flagged")
+    report.add_argument("--history", type=Path, help="a folder of past runs: append this one to its index.jsonl "
+                                                     "and redraw its trend.html")
     runtime = sub.add_parser("runtime", help="the reference runtime's onboarding tools")
     runtime_sub = runtime.add_subparsers(dest="runtime_command", required=True)
     check = runtime_sub.add_parser("check-config", help="check that telephony, STT and TTS audio formats fit "
@@ -49,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "incident":
         return _incident(args)
+    if args.command == "report":
+        return _report(args)
     if args.command == "runtime":
         from reference_runtime.compat import check_config
 
@@ -83,6 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     except StackError as exc:
         print(f"voicechaos: the embedded stack failed to start: {exc}", file=sys.stderr)
         return EXIT_STACK
+    return result.exit_code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from reports.build import build_report, describe
+    from reports.runfolder import RunFolderError
+
+    try:
+        result = build_report(args.run_dir, baseline=args.baseline, history_dir=args.history)
+    except RunFolderError as exc:
+        print(f"voicechaos report: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(describe(result))
     return result.exit_code
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,8 +135,33 @@ async def run_incident(path: Path, *, quick: bool, runs_dir: Path, out: TextIO,
                   f"{side.result.run_dir}\n")
         sides.append(side)
     result = IncidentResult(scenario, sides)
+    _side_by_side_reports(result, out)
     print_contrast(result, out)
     return result
+
+
+def _side_by_side_reports(result: IncidentResult, out: TextIO) -> None:
+    """Tell each run folder about the incident and its other side, and redraw their reports with the contrast."""
+    from reports.build import INCIDENT_FILE, build_report
+
+    incident = result.scenario.incident
+    assert incident is not None
+    sides = {side.mode: {"run_dir": str(side.result.run_dir), "verdict": side.result.summary.get("verdict"),
+                         "figures": {c.metric: side.figures.get(c.metric) for c in incident.checks},
+                         "checks": side.verdicts}
+             for side in result.sides if side.result is not None}
+    record = {"name": result.scenario.name, "title": incident.title, "safeguard": incident.safeguard,
+              "checks": [c.model_dump(mode="json") for c in incident.checks], "sides": sides}
+    for side in result.sides:
+        if side.result is None:
+            continue
+        (side.result.run_dir / INCIDENT_FILE).write_text(json.dumps({**record, "mode": side.mode}, indent=2))
+        try:
+            report = build_report(side.result.run_dir)
+        except Exception as exc:  # the runs and their numbers stand; only the page is missing
+            out.write(f"  {side.mode}: the report could not be built ({exc.__class__.__name__}: {exc})\n")
+            continue
+        out.write(f"  {side.mode}: report {report.html_path}\n")
 
 
 async def runtime_start_refused(run: Scenario, mismatch: dict[str, Any], scenario_path: Path,

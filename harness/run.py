@@ -188,6 +188,8 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
             out.write(f"voicechaos: fault timeline: {len(scenario.faults)} faults "
                       f"({'; '.join(f'{f.label} at {f.at:g} s' for f in scenario.faults)})\n")
         load_start_mono, load_start_wall = clock.now(), time.time()
+        # the axis every later time is drawn on: turns are timed on the monotonic clock, calls on the wall clock
+        events.emit("load_started", {"mono": load_start_mono, "wall": load_start_wall})
         metrics_url = (f"{endpoints.runtime_url}/metrics" if endpoints is not None
                        else scenario.chaos.runtime_metrics_url)
         if metrics_url:
@@ -246,8 +248,24 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         events.emit("run_finished", {"verdict": summary["verdict"], "interrupted": interrupted or None})
         events.close()
+    summary, report_line = _report(run_dir, summary)
     print_console_report(summary, done, out)
+    out.write(report_line)
+    out.flush()
     return RunResult(run_dir=run_dir, summary=summary, calls=done)
+
+
+def _report(run_dir: Path, summary: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Judge the run folder against every target (the runtime's too) and write report.html, summary.json and
+    junit.xml. A report that fails to build costs the report, never the run: the summary written above stands."""
+    from reports.build import build_report
+
+    try:
+        report = build_report(run_dir)
+    except Exception as exc:  # the run is recorded; say what broke and keep the harness's own verdict
+        return summary, (f"voicechaos: the report could not be built ({exc.__class__.__name__}: {exc}); "
+                         f"`voicechaos report {run_dir}` retries it\n")
+    return report.summary, f"Report: {report.html_path} (open it in a browser)\n"
 
 
 async def _ensure_bucket(storage: StorageEndpoint) -> None:
@@ -513,5 +531,5 @@ def print_console_report(summary: dict[str, Any], calls: list[CallRecord], out: 
         out.write(f"  {row['verdict'].upper():<13} {row['metric']:<26} measured {_fmt(row['measured']):>8}  "
                   f"target {row['target']:<12} {row['note']}\n")
     out.write(f"\nVerdict: {summary['verdict'].upper()}: {summary['verdict_reason']}\n")
-    out.write(f"Run folder: {summary['run_dir']} (events.jsonl, summary.json, stack/ logs)\n")
+    out.write(f"Run folder: {summary['run_dir']} (events.jsonl, summary.json, junit.xml, stack/ logs)\n")
     out.flush()

@@ -200,6 +200,17 @@ class Targets(Model):
     recordings_lost: int = Field(0, ge=0, description="calls whose recording never reached object storage")
     harness_lateness_p99_ms: float = Field(5.0, gt=0, description="above this the harness, not the agent, was the "
                                                                   "bottleneck: the run is invalid")
+    # The runtime's side (mission.md, "Target metrics"): judged from its /metrics readings when it exports them.
+    memory_usage_pct: float = Field(80.0, gt=0, description="peak RSS, in % of the runtime's memory budget")
+    cpu_usage_pct: float = Field(70.0, gt=0, description="P95 of the runtime's CPU use per reading, % of one core")
+    active_calls_pct: float = Field(80.0, gt=0, description="peak active calls, in % of the worker's capacity")
+    packet_loss_pct: float = Field(1.0, ge=0, description="media packets lost on the caller's leg")
+    jitter_ms: float = Field(30.0, gt=0, description="media jitter on the caller's leg")
+    stt_latency_p95_ms: float = Field(150.0, gt=0, description="audio sent to the STT provider's first transcript")
+    tts_latency_p95_ms: float = Field(150.0, gt=0, description="text sent to the TTS provider's first audio byte")
+    breaker_trips_per_hour: float = Field(5.0, ge=0, description="provider circuit-breaker trips per hour of run")
+    workflow_failure_rate: float = Field(0.05, ge=0, le=1, description="workflow events given up / all")
+    event_emission_p95_ms: float = Field(10.0, gt=0, description="time a turn spends emitting a workflow event")
 
 
 class DependencyRef(Model):
