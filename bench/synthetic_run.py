@@ -16,8 +16,9 @@ Where each shape comes from (so that the file is what the report will meet in th
 - ``run_started.config``: the scenario's ``model_dump(mode="json")`` of a validated :class:`Scenario`;
 - ``runtime_metrics.jsonl``: the keys of a real exposition of ``reference_runtime.metrics.RuntimeMetrics`` read by
   ``harness.runtime_metrics.parse_samples`` (bucket bounds included), sampled every 5 s;
-- ``summary.json``: the keys ``harness/run.py`` writes, with figures computed from the same values the lines hold
-  (``harness.summary``'s verdict rules; ``runtime_figures`` on the readings).
+- ``summary.json``: the harness's own parts of what ``harness/run.py`` writes (lateness, recordings, the fault
+  window, ``runtime_figures`` on the readings); the figures and verdicts are left to the report, which recomputes
+  them from the lines.
 
 Speed: values are drawn with numpy for all calls at once; lines are built with f-strings from pre-encoded pieces
 and written in large chunks, so a million turns take well under a minute.
@@ -29,7 +30,6 @@ import heapq
 import json
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,8 +43,7 @@ from harness.audio.phrase_codec import normalize_text
 from harness.chaos.faults import Fault
 from harness.records import CallRecord, TurnRecord
 from harness.runtime_metrics import parse_samples, runtime_figures
-from harness.scenario import Scenario, Targets, scenario_from_mapping
-from harness.summary import FAIL, NOT_MEASURED, PASS, distribution
+from harness.scenario import Scenario, scenario_from_mapping
 from reference_runtime.metrics import RuntimeMetrics
 
 # The harness's clocks at the load's start: the monotonic clock (seconds since boot) turns are timed on, and the wall
@@ -676,148 +675,6 @@ def write_runtime_metrics(path: Path, keys: list[str], values: np.ndarray, readi
 # --- summary.json ---------------------------------------------------------------------------------------------------
 
 
-def summarize_calls(calls: Calls, steps: list[Step], targets: Targets, lateness: dict[str, Any],
-                    recordings: dict[str, Any] | None) -> dict[str, Any]:
-    """``harness.summary.summarize`` over the arrays (the records of a million turns do not fit as dicts): the same
-    figures, verdicts and notes, from the same values the lines hold."""
-    mask = calls.turn_mask()
-    finished = np.argsort(calls.end, kind="stable")  # the order calls finished in: Counter keys appear in it
-    outcomes = Counter(OUTCOMES[c] for c in calls.outcome[finished].tolist())
-    statuses = Counter(STATUSES[c] for c in calls.status[finished][mask[finished]].tolist())
-    is_reply = np.zeros_like(mask)
-    is_reply[:, 1:] = True
-    measured = ~np.isnan(calls.latency)
-    reply_latency = calls.latency[mask & is_reply & measured].tolist()
-    greeting_latency = calls.latency[mask & ~is_reply & measured].tolist()
-    gaps = np.concatenate([calls.gap1[mask & ~np.isnan(calls.gap1)], calls.gap2[mask & ~np.isnan(calls.gap2)]])
-    max_gaps = calls.max_gap()[mask & ~np.isnan(calls.first)]
-    texts = _step_texts(steps)
-    heard_table = np.array([text.heard_count for text in texts])
-    columns = np.broadcast_to(np.arange(len(steps)), mask.shape)
-    heard = int(heard_table[columns[mask], calls.status[mask]].sum())
-    undecodable = int((calls.status[mask] == GARBLED).sum())
-    with_expect = int(mask.sum())  # every step expects phrases; no turn is interrupted (no barge-in here)
-    expected_ok = int((calls.status[mask] == OK).sum())
-
-    total = len(calls.start)
-    success_rate = round(outcomes.get("completed", 0) / total, 4) if total else None
-    decode_rate = round(heard / (heard + undecodable), 4) if heard + undecodable else None
-    expected_rate = round(expected_ok / with_expect, 4) if with_expect else None
-    dead_air_turns = int((max_gaps > targets.dead_air_ms).sum())
-    broken_turns = int((max_gaps > targets.broken_silence_ms).sum())
-    answered = calls.connected & ~np.isnan(calls.first[:, 0]) & (calls.nturns > 0)
-    answered_calls = int(answered.sum())
-    availability = round(answered_calls / total, 4) if total else None
-    lost = None
-    if recordings is not None and recordings.get("listing_error") is None:
-        lost = int(recordings["missing"])
-    reply_p95 = distribution(reply_latency)["p95"]
-
-    def verdict(name: str, value: float | None, target: float, *, at_most: bool, unit: str,
-                note: str) -> dict[str, Any]:
-        if value is None:
-            result = NOT_MEASURED
-        else:
-            result = PASS if (value <= target if at_most else value >= target) else FAIL
-        return {"metric": name, "target": f"{'<=' if at_most else '>='} {target:g}{unit}", "measured": value,
-                "verdict": result, "note": note}
-
-    verdicts = [
-        verdict("call_success_rate", success_rate, targets.call_success_rate, at_most=False, unit="",
-                note=", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))),
-        verdict("worker_availability", availability, targets.worker_availability, at_most=False, unit="",
-                note=f"{answered_calls}/{total} new calls answered (not refused, greeting heard)"),
-        verdict("recordings_lost", lost, targets.recordings_lost, at_most=True, unit="",
-                note="no object store in this run" if recordings is None else
-                f"listing failed: {recordings['listing_error']}" if lost is None else
-                f"{recordings['arrived']}/{recordings['calls_with_media']} recordings in the bucket"),
-        verdict("response_latency_p95_ms", reply_p95, targets.response_latency_p95_ms, at_most=True, unit=" ms",
-                note=f"{len(reply_latency)} replies"),
-        verdict("max_silence_gap_ms", round(float(max_gaps.max()), 1) if len(max_gaps) else None,
-                targets.dead_air_ms, at_most=True, unit=" ms",
-                note=f"{dead_air_turns} turns with dead air > {targets.dead_air_ms:g} ms, {broken_turns} > "
-                     f"{targets.broken_silence_ms:g} ms"),
-        verdict("phrase_decode_rate", decode_rate, targets.phrase_decode_rate, at_most=False, unit="",
-                note=f"{heard} phrases decoded, {undecodable} undecodable (garbled)"),
-        verdict("expected_phrase_rate", expected_rate, targets.expected_phrase_rate, at_most=False, unit="",
-                note=f"{expected_ok}/{with_expect} turns said what was expected"),
-        verdict("barge_in_reaction_p95_ms", None, targets.barge_in_reaction_p95_ms, at_most=True, unit=" ms",
-                note="no barge-in"),
-        verdict("harness_lateness_p99_ms", lateness.get("p99_ms"), targets.harness_lateness_p99_ms, at_most=True,
-                unit=" ms", note="the harness's own send lateness on the 20 ms grid"),
-    ]
-    judged = verdicts[:-1]
-    if verdicts[-1]["verdict"] == FAIL:
-        overall = "invalid"
-    elif any(v["verdict"] == FAIL for v in judged):
-        overall = FAIL
-    elif total == 0:
-        overall = NOT_MEASURED
-    else:
-        overall = PASS
-    not_measured = [v["metric"] for v in judged if v["verdict"] == NOT_MEASURED]
-    reason = {
-        "invalid": "the harness itself was late on its 20 ms grid (p99 above target): it, not the agent, may have "
-                   "been the bottleneck; no verdict on the agent",
-        FAIL: "targets missed: " + ", ".join(v["metric"] for v in judged if v["verdict"] == FAIL),
-        PASS: "every measured target held" + (f" (not measured: {', '.join(not_measured)})" if not_measured else ""),
-        NOT_MEASURED: "no calls were placed",
-    }[overall]
-    return {
-        "verdict": overall,
-        "verdict_reason": reason,
-        "calls": {"total": total, "outcomes": dict(outcomes), "success_rate": success_rate,
-                  "answered": answered_calls, "worker_availability": availability},
-        "turns": {"total": int(mask.sum()), "status": dict(statuses)},
-        "response_latency_ms": distribution(reply_latency),
-        "greeting_latency_ms": distribution(greeting_latency),
-        "silence_gaps_ms": {**distribution(gaps.tolist()), "dead_air_turns": dead_air_turns,
-                            "broken_turns": broken_turns},
-        "phrases": {"decoded": heard, "undecodable": undecodable, "decode_rate": decode_rate,
-                    "expected_turns": with_expect, "expected_ok": expected_ok},
-        "barge_in": {"turns": 0, "reaction_ms": distribution([])},
-        "harness_lateness": lateness,
-        "targets": verdicts,
-    }
-
-
-def fault_effect_summary(window: dict[str, Any], calls: Calls, run_end_s: float) -> list[dict[str, Any]]:
-    """``harness.chaos.effects.fault_effects`` for this run's one window, over the arrays."""
-    mask = calls.turn_mask()
-    start = np.round(calls.start + LOAD_WALL, 7) - LOAD_WALL  # as the records' started_at gives it back
-    stop = start + calls.duration
-    turn_at = np.round(calls.listen + LOAD_MONO, 9) - LOAD_MONO
-    applied = float(window["applied_at_s"])
-    end = run_end_s if window["removed_at_s"] is None else float(window["removed_at_s"])
-
-    def outcomes(chosen: np.ndarray) -> dict[str, int]:
-        return dict(Counter(OUTCOMES[c] for c in calls.outcome[chosen].tolist()))
-
-    def turns_summary(chosen: np.ndarray) -> dict[str, Any]:
-        replies = chosen.copy()
-        replies[:, 0] = False
-        latencies = calls.latency[replies & ~np.isnan(calls.latency)].tolist()
-        max_gap = calls.max_gap()[chosen]
-        return {"turns": int(chosen.sum()),
-                "statuses": dict(Counter(STATUSES[s] for s in calls.status[chosen].tolist())),
-                "response_latency_ms": distribution(latencies),
-                "max_gap_ms": float(max_gap.max()) if len(max_gap) else None}
-
-    during = (start <= end) & (stop >= applied)
-    inside = mask & (turn_at >= applied) & (turn_at <= end)
-    after = start >= end
-    quiet_calls = (stop < applied) | (start > end)
-    quiet_turns = mask & ~((turn_at >= applied) & (turn_at <= end))
-    return [
-        {**window, "effect": {"calls_during": int(during.sum()), "outcomes_during": outcomes(during),
-                              **turns_summary(inside), "calls_started_after": int(after.sum()),
-                              "outcomes_after": outcomes(after)}},
-        {"label": "outside any fault", "effect": {"calls_during": int(quiet_calls.sum()),
-                                                  "outcomes_during": outcomes(quiet_calls),
-                                                  **turns_summary(quiet_turns)}},
-    ]
-
-
 # --- the run folder -------------------------------------------------------------------------------------------------
 
 
@@ -891,7 +748,9 @@ def write_run(run_dir: Path, *, calls: int, turns_per_call: int = 5, seed: int =
               "removed_at_s": removed_at, "removed_because": "scheduled end",
               "details": {"proxy": fault.target, "toxic": "latency_downstream_fault0"}, "error": None,
               "rollback_error": None, "counters_delta": counters_delta}
-    summary = summarize_calls(data, steps, scenario.targets, lateness, recordings)
+    # the harness's own parts of summary.json; the figures and verdicts are the report's, which recomputes them
+    # from the lines (tests/test_report_browser.py checks they agree with harness.summary)
+    summary: dict[str, Any] = {"verdict": None, "harness_lateness": lateness}
     summary["scenario"] = scenario.name
     summary["run_dir"] = str(run_dir)
     summary["calls_planned"] = calls
@@ -913,7 +772,7 @@ def write_run(run_dir: Path, *, calls: int, turns_per_call: int = 5, seed: int =
                                       "failed_readings": 0, "file": "runtime_metrics.jsonl",
                                       "figures": runtime_figures(sampler)}  # type: ignore[arg-type]
     summary["runtime_restarts"] = 0
-    summary["faults"] = fault_effect_summary(window, data, run_end_s)
+    summary["faults"] = [window]
     summary["config"] = config
 
     events_path = run_dir / "events.jsonl"
