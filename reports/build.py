@@ -114,7 +114,8 @@ def describe(result: ReportResult) -> str:
     """What the console says after a report: the verdict, each missed target by name, and where the files are."""
     lines = [f"voicechaos report: {result.verdict.upper()}: {result.reason}"]
     for row in result.missed:
-        lines.append(f"  missed {row.metric}: measured {row.measured:g}{' ' + row.unit if row.unit else ''}, "
+        unit = "" if not row.unit else row.unit if row.unit == "%" else f" {row.unit}"
+        lines.append(f"  missed {row.metric}: measured {row.measured:g}{unit}, "
                      f"target {row.target}")
     regressions = result.summary.get("baseline", {}).get("regressions") or []
     if regressions:

@@ -84,7 +84,7 @@ def _figure(height: float = SIZE[1], aligned: bool = False) -> tuple[Figure, Axe
     sits at the same place on the page and a dip in one plot lines up with a fault or a breaker in the next."""
     figure = Figure(figsize=(SIZE[0], height), dpi=DPI, layout=None if aligned else "constrained")
     if aligned:
-        figure.subplots_adjust(left=0.075, right=0.76, bottom=0.16, top=0.95)
+        figure.subplots_adjust(left=0.09, right=0.76, bottom=0.16, top=0.95)  # room for "half-open"
     ax = figure.add_subplot()
     ax.grid(alpha=0.3)
     return figure, ax
