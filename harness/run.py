@@ -31,6 +31,7 @@ from harness.chaos.timeline import Timeline
 from harness.chaos.toxiproxy_client import ToxicSpec, ToxiproxyClient
 from harness.clock import MonotonicClock
 from harness.eventlog import EventLog
+from harness.gcpause import GcWatch
 from harness.pacer import Pacer
 from harness.records import CallRecord
 from harness.runtime_metrics import MetricsSampler, runtime_figures
@@ -159,6 +160,7 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
     timeline_task: asyncio.Task[None] | None = None
     load_start_mono, load_start_wall = clock.now(), time.time()
     control_http = aiohttp.ClientSession()  # fault control and probes: never queued behind the calls' requests
+    gc_watch = GcWatch()
     try:
         if scenario.target.embedded is not None:
             stack = EmbeddedStack(scenario.target.embedded, scenario_dir=scenario_path.parent, run_dir=run_dir,
@@ -199,7 +201,8 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
             sampler_task = asyncio.create_task(sampler.run())
         if timeline is not None:
             timeline_task = asyncio.create_task(timeline.run(load_start_mono))
-        interrupted = await _place_calls(scenario, dial, calls_total, clock, pacer, rng, events, done, out)
+        with gc_watch:
+            interrupted = await _place_calls(scenario, dial, calls_total, clock, pacer, rng, events, done, out)
     finally:
         run_end_s = round(clock.now() - load_start_mono, 3)
         if timeline_task is not None:
@@ -222,7 +225,7 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
             stack_cpu = stack.cpu_seconds()
             await stack.stop()
             events.emit("stack_stopped", {"cpu_s": stack_cpu})
-        lateness = pacer.lateness.summary_ms()
+        lateness = {**pacer.lateness.summary_ms(), "gc": gc_watch.summary()}
         summary = summarize([c.to_json() for c in done], lateness, scenario.targets, recordings)
         summary["scenario"] = scenario.name
         summary["run_dir"] = str(run_dir)

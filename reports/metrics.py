@@ -287,7 +287,14 @@ def harness_row(data: RunData, targets: Targets) -> TargetRow:
     return _row(HARNESS_GROUP, "harness_lateness_p99_ms", "Harness send lateness P99 (the harness's own)",
                 lateness.get("p99_ms"), targets.harness_lateness_p99_ms, unit="ms",
                 note=f"over {lateness.get('frames')} frames on the 20 ms grid; above target the run is invalid"
-                if lateness else "not measured: the run never wrote its summary")
+                + _gc_note(lateness.get("gc")) if lateness else "not measured: the run never wrote its summary")
+
+
+def _gc_note(gc: dict[str, Any] | None) -> str:
+    if not gc:
+        return ""
+    return (f"; the harness's garbage collector paused it {sum(gc['collections'])} times during the load, longest "
+            f"{max(gc['max_pause_ms']):g} ms")
 
 
 def judge(data: RunData) -> tuple[list[TargetRow], str, str]:
