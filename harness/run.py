@@ -38,6 +38,7 @@ from harness.runtime_metrics import MetricsSampler, runtime_figures
 from harness.safety import check_target
 from harness.scenario import Scenario, ScenarioError
 from harness.stack import EmbeddedStack, StackEndpoints, StackError
+from harness.stallwatch import StallWatch
 from harness.storage import StorageClient, StorageEndpoint, StorageError, is_complete
 from harness.summary import percentile, summarize
 from harness.voice import Voice
@@ -161,6 +162,7 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
     load_start_mono, load_start_wall = clock.now(), time.time()
     control_http = aiohttp.ClientSession()  # fault control and probes: never queued behind the calls' requests
     gc_watch = GcWatch()
+    stall_watch = StallWatch(events.emit)  # when the harness itself stops turning, and what it was doing
     try:
         if scenario.target.embedded is not None:
             stack = EmbeddedStack(scenario.target.embedded, scenario_dir=scenario_path.parent, run_dir=run_dir,
@@ -201,8 +203,14 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
             sampler_task = asyncio.create_task(sampler.run())
         if timeline is not None:
             timeline_task = asyncio.create_task(timeline.run(load_start_mono))
-        with gc_watch:
-            interrupted = await _place_calls(scenario, dial, calls_total, clock, pacer, rng, events, done, out)
+        stall_task = asyncio.create_task(stall_watch.run())
+        try:
+            with gc_watch:
+                interrupted = await _place_calls(scenario, dial, calls_total, clock, pacer, rng, events, done, out)
+        finally:
+            stall_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stall_task
     finally:
         run_end_s = round(clock.now() - load_start_mono, 3)
         if timeline_task is not None:
@@ -225,7 +233,7 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
             stack_cpu = stack.cpu_seconds()
             await stack.stop()
             events.emit("stack_stopped", {"cpu_s": stack_cpu})
-        lateness = {**pacer.lateness.summary_ms(), "gc": gc_watch.summary()}
+        lateness = {**pacer.lateness.summary_ms(), "gc": gc_watch.summary(), "stalls": stall_watch.summary()}
         summary = summarize([c.to_json() for c in done], lateness, scenario.targets, recordings)
         summary["scenario"] = scenario.name
         summary["run_dir"] = str(run_dir)

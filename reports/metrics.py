@@ -287,7 +287,15 @@ def harness_row(data: RunData, targets: Targets) -> TargetRow:
     return _row(HARNESS_GROUP, "harness_lateness_p99_ms", "Harness send lateness P99 (the harness's own)",
                 lateness.get("p99_ms"), targets.harness_lateness_p99_ms, unit="ms",
                 note=f"over {lateness.get('frames')} frames on the 20 ms grid; above target the run is invalid"
-                + _gc_note(lateness.get("gc")) if lateness else "not measured: the run never wrote its summary")
+                + _gc_note(lateness.get("gc")) + _stall_note(lateness.get("stalls")) if lateness
+                else "not measured: the run never wrote its summary")
+
+
+def _stall_note(stalls: dict[str, Any] | None) -> str:
+    if not stalls or not stalls.get("count"):
+        return ""
+    return (f"; its event loop stalled {stalls['count']} time(s) over {stalls['threshold_ms']} ms, longest "
+            f"{stalls['longest_ms']:g} ms (what it was doing: harness_stall in events.jsonl)")
 
 
 def _gc_note(gc: dict[str, Any] | None) -> str:
