@@ -129,7 +129,7 @@ def triage(data: RunData, rows: list[TargetRow], targets: Targets) -> list[Stack
         entry.symptoms[symptom] = entry.symptoms.get(symptom, 0) + len(failing)
         affected[stack].update(int(c) for c in failing["call_id"].unique())
         is_turn = "index" in failing.columns
-        for _, row in failing.head(EXAMPLES - len(entry.examples) if len(entry.examples) < EXAMPLES else 0).iterrows():
+        for _, row in failing.head(max(0, EXAMPLES - len(entry.examples))).iterrows():
             call_id = int(row["call_id"])
             entry.examples.append(TriageItem(stack=stack, symptom=symptom, call_id=call_id,
                                              turn_index=int(row["index"]) if is_turn else None,

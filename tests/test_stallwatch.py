@@ -23,15 +23,17 @@ async def test_a_blocked_loop_is_recorded_with_its_stack() -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    assert watch.count == 1 and 400 <= watch.longest_s * 1000 <= 2000
-    [(name, stall)] = events
-    assert name == "harness_stall" and "_blocking_work" in stall["stack"]
-    assert watch.summary() == {"threshold_ms": 150, "count": 1, "longest_ms": round(watch.longest_s * 1000, 1)}
+    # the machine may add a stall of its own; the one made here must be there, timed and caught in the act
+    caught = [fields for name, fields in events if name == "harness_stall" and "_blocking_work" in fields["stack"]]
+    assert len(caught) == 1 and 400 <= caught[0]["stalled_ms"] <= 2000
+    assert watch.count == len(events) and watch.longest_s * 1000 >= caught[0]["stalled_ms"] - 0.1
+    assert watch.summary()["threshold_ms"] == 150
 
 
 async def test_a_turning_loop_records_nothing() -> None:
     events: list[tuple[str, dict]] = []
-    watch = StallWatch(lambda name, fields: events.append((name, fields)), threshold_s=0.15)
+    # a generous threshold: a busy CI machine may delay a loop by tens of milliseconds, never by a second
+    watch = StallWatch(lambda name, fields: events.append((name, fields)), threshold_s=1.0)
     task = asyncio.create_task(watch.run())
     for _ in range(20):
         await asyncio.sleep(0.01)
