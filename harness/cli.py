@@ -42,6 +42,40 @@ def _parser() -> argparse.ArgumentParser:
     check = runtime_sub.add_parser("check-config", help="check that telephony, STT and TTS audio formats fit "
                                                          "together, before any call")
     check.add_argument("config", type=Path, help="a reference-runtime config file (YAML or JSON)")
+    ui = sub.add_parser("ui", help="start the embedded stack and the Locust web UI on loopback: start, reshape and "
+                                   "stop the load in a browser, watch latency and silence gaps, inject faults")
+    ui.add_argument("scenario", type=Path)
+    ui.add_argument("--port", type=int, default=8089, help="the web UI's port on 127.0.0.1 (default 8089)")
+    ui.add_argument("--shape", action="store_true", help="drive the users by the scenario's load shape instead of "
+                                                         "the user count typed in the browser")
+    ui.add_argument("--time-limit", type=_seconds, default=None,
+                    help="the longest one test started from the browser runs (default: the scenario's "
+                         "limits.duration), e.g. 10m")
+    soak = sub.add_parser("soak", help="run the scenario's load shape headless under Locust (nightly soaks): "
+                                       "Locust's CSV/HTML beside the voicechaos report; exit 1 on a missed target, "
+                                       "2 when the harness was the bottleneck")
+    soak.add_argument("scenario", type=Path)
+    soak.add_argument("--duration", type=_seconds, default=None,
+                      help="the soak's length, e.g. 2h or 90m (default: the scenario's load shape)")
+    worker = sub.add_parser("worker", help="a Locust worker for a `voicechaos ui|soak --workers` master on another "
+                                           "machine")
+    worker.add_argument("scenario", type=Path)
+    worker.add_argument("--master-host", default="127.0.0.1")
+    worker.add_argument("--master-port", type=int, default=5557)
+    worker.add_argument("--allow-remote", action="store_true", help="allow a master outside loopback")
+    worker.add_argument("--max-calls", type=int, default=100_000, help="the most calls this process places")
+    for command in (ui, soak):
+        command.add_argument("--workers", type=int, default=0,
+                             help="run a Locust master and N worker processes (default: one process)")
+        command.add_argument("--master-port", type=int, default=5557,
+                             help="the master's port for workers (default: a free port when all workers are local)")
+        command.add_argument("--master-bind-host", default="127.0.0.1",
+                             help="where the master listens for workers (0.0.0.0 for workers on other machines)")
+        command.add_argument("--runs-dir", type=Path, default=Path("runs"))
+        command.add_argument("--allow-remote", action="store_true",
+                             help="allow a target outside loopback (only for systems you own)")
+        command.add_argument("--max-calls", type=int, default=100_000,
+                             help="the most calls each load process places (every load is bounded)")
     sub.add_parser("toxiproxy", help="run the embedded Toxiproxy server on its own (any Toxiproxy client can use it)",
                    add_help=False)
     return parser
@@ -58,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return _incident(args)
     if args.command == "report":
         return _report(args)
+    if args.command in ("ui", "soak", "worker"):
+        return _load(args)
     if args.command == "runtime":
         from reference_runtime.compat import check_config
 
@@ -93,6 +129,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voicechaos: the embedded stack failed to start: {exc}", file=sys.stderr)
         return EXIT_STACK
     return result.exit_code
+
+
+def _seconds(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``2h``, ``1h30m`` -> seconds."""
+    import re
+
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or match is None or not any(match.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 10m, 2h or 1h30m")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be more than 0")
+    return total
+
+
+def _load(args: argparse.Namespace) -> int:
+    from harness.load.launch import launch
+    from harness.load.shapes import ShapeError
+
+    try:
+        if args.command == "worker":
+            return launch("worker", args.scenario, master_host=args.master_host, master_port=args.master_port,
+                          allow_remote=args.allow_remote, max_calls=args.max_calls)
+        return launch(args.command, args.scenario, workers=args.workers, port=getattr(args, "port", 8089),
+                      duration_s=getattr(args, "duration", None) or getattr(args, "time_limit", None),
+                      runs_dir=args.runs_dir, allow_remote=args.allow_remote, master_port=args.master_port,
+                      master_bind_host=args.master_bind_host, use_shape=getattr(args, "shape", False),
+                      max_calls=args.max_calls)
+    except ScenarioError as exc:
+        print(f"voicechaos: invalid scenario\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ShapeError, UnsafeTargetError) as exc:
+        print(f"voicechaos: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _report(args: argparse.Namespace) -> int:

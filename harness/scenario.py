@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.chaos.faults import DEPENDENCIES, Fault
+from harness.load.shapes import LoadShape
 
 
 class Model(BaseModel):
@@ -283,6 +284,9 @@ class Scenario(Model):
     description: str = ""
     target: Target = Field(default_factory=lambda: Target(embedded=EmbeddedTarget()))
     callers: Callers = Field(default_factory=Callers)
+    load: LoadShape | None = Field(None, description="how many calls are in flight over the run under the Locust "
+                                                     "engine (harness.load.shapes); default: a ramp to callers' "
+                                                     "concurrency at their arrival_rate, held to limits.duration")
     script: list[Step] = Field(min_length=1)
     limits: Limits = Field(default_factory=Limits)
     targets: Targets = Field(default_factory=Targets)
@@ -313,6 +317,14 @@ class Scenario(Model):
             if fault.at >= self.limits.duration:
                 raise ValueError(f"faults[{index}].at: {fault.at:g} s is not within the run "
                                  f"(limits.duration {self.limits.duration:g} s)")
+        return self
+
+    @model_validator(mode="after")
+    def _load_fits_the_run(self) -> Scenario:
+        # limits.duration is the hard bound on the run: a longer shape would be cut without anyone having asked.
+        if self.load is not None and self.load.total_s > self.limits.duration:
+            raise ValueError(f"load: the {self.load.shape} shape lasts {self.load.total_s:g} s, longer than the run "
+                             f"(limits.duration {self.limits.duration:g} s)")
         return self
 
     @model_validator(mode="after")

@@ -53,7 +53,7 @@ def answered(call: dict[str, Any]) -> bool:
 
 def summarize(calls: list[dict[str, Any]], lateness: dict[str, Any], targets: Targets,
               recordings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``recordings``: the object-store count (``harness.run._count_recordings``), when the run had one."""
+    """``recordings``: the object-store count (``harness.session.count_recordings``), when the run had one."""
     outcomes = Counter(str(call.get("outcome")) for call in calls)
     turns = [turn for call in calls for turn in call.get("turns", [])]
     replies = [t for t in turns if t["kind"] == "reply"]

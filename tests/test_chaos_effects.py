@@ -68,7 +68,7 @@ voicechaos_runtime_recordings_uploaded_total 7 1700000000000
 
 
 def test_a_fake_serving_two_dependencies_is_read_once() -> None:
-    from harness.run import _stats_urls
+    from harness.session import _stats_urls
 
     controls = {"stt": "http://127.0.0.1:1/_chaos", "tts": "http://127.0.0.1:2/_chaos", "storage": None,
                 "tts_fallback": "http://127.0.0.1:1/_chaos"}

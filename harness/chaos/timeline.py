@@ -29,6 +29,7 @@ Probe = Callable[[], Awaitable[dict[str, float]]]
 class FaultWindow:
     index: int
     fault: Fault
+    on_demand: bool = False  # applied during the run by a person (the Locust UI's Chaos tab), not the schedule
     started: bool = False  # apply was called (it may have been cancelled half-way: roll back anyway)
     applied_at: float | None = None
     removed_at: float | None = None
@@ -47,6 +48,7 @@ class FaultWindow:
         fault = self.fault
         return {
             "index": self.index, "label": fault.label, "target": fault.target, "action": fault.action,
+            "on_demand": self.on_demand, "active": self.active,
             "spec": fault.describe(), "planned_at_s": fault.at,
             "planned_until_s": None if fault.duration is None else round(fault.at + fault.duration, 3),
             "applied_at_s": self.applied_at, "removed_at_s": self.removed_at,
@@ -69,6 +71,7 @@ class Timeline:
         self._probe = probe
         self._sleep = sleep
         self._start: float | None = None
+        self._timers: set[asyncio.Task[None]] = set()
 
     def elapsed(self) -> float:
         return 0.0 if self._start is None else round(self._clock.now() - self._start, 3)
@@ -97,12 +100,48 @@ class Timeline:
             if any(w.active for w in self.windows):
                 await asyncio.Event().wait()
         finally:
-            await asyncio.shield(self.rollback_all("the run ended"))
+            # the schedule's own faults; those applied on demand stay until removed or rollback_all
+            await asyncio.shield(self.rollback_all("the run ended", scheduled_only=True))
 
-    async def rollback_all(self, because: str) -> None:
+    async def rollback_all(self, because: str, *, scheduled_only: bool = False) -> None:
+        if not scheduled_only:
+            for timer in self._timers:
+                timer.cancel()
         for window in reversed(self.windows):  # undo in reverse order, as a stack of changes
+            if scheduled_only and window.on_demand:
+                continue
             if window.started and window.removed_at is None:
                 await self._rollback(window, because)
+
+    # --- faults on demand (the Locust UI's Chaos tab) -----------------------------------------------------------------
+
+    async def apply_now(self, fault: Fault, action: FaultAction) -> FaultWindow:
+        """Apply ``fault`` now, recorded like a scheduled one (``at`` is now); with a duration it is rolled back by
+        itself, otherwise by :meth:`remove` or when the run ends (:meth:`rollback_all`)."""
+        fault = fault.model_copy(update={"at": self.elapsed()})
+        window = FaultWindow(len(self.windows), fault, on_demand=True)
+        self.windows.append(window)
+        self._actions.append(action)
+        await self._apply(window)
+        if window.active and fault.duration is not None:
+            timer = asyncio.create_task(self._end_after(window, fault.duration))
+            self._timers.add(timer)
+            timer.add_done_callback(self._timers.discard)
+        return window
+
+    async def remove(self, index: int, because: str = "removed on demand") -> FaultWindow:
+        """Roll back one fault now (scheduled or not); removing one already removed changes nothing."""
+        if not 0 <= index < len(self.windows):
+            raise KeyError(index)
+        window = self.windows[index]
+        if window.started and window.removed_at is None:
+            await self._rollback(window, because)
+        return window
+
+    async def _end_after(self, window: FaultWindow, seconds: float) -> None:
+        await self._sleep(seconds)
+        if window.removed_at is None:
+            await self._rollback(window, "scheduled end")
 
     async def _apply(self, window: FaultWindow) -> None:
         fault = window.fault
@@ -119,7 +158,8 @@ class Timeline:
             return
         window.applied_at = self.elapsed()
         self._emit("fault_applied", {"fault": window.index, "label": fault.label, "target": fault.target,
-                                     "action": fault.action, "spec": fault.describe(), "at_s": window.applied_at,
+                                     "action": fault.action, "on_demand": window.on_demand, "spec": fault.describe(),
+                                     "at_s": window.applied_at,
                                      "planned_at_s": fault.at, "details": window.details})
 
     async def _rollback(self, window: FaultWindow, because: str) -> None:

@@ -1,0 +1,1 @@
+"""The Locust load engine: many simulated calls across worker processes, with live voice figures and chaos."""
