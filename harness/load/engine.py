@@ -51,8 +51,9 @@ class CallEngine:
     def __init__(self, scenario: Scenario, *, process_index: int, emit: EventSink,
                  start_thread: ThreadStarter = start_daemon_thread,
                  selector_factory: Callable[[], selectors.BaseSelector] = selectors.DefaultSelector,
-                 max_calls: int | None = None) -> None:
+                 max_calls: int | None = None, seed_salt: str = "") -> None:
         self.scenario = scenario
+        self.seed_salt = seed_salt or str(process_index)
         self.process_index = process_index
         self.emit = emit
         self.max_calls = max_calls
@@ -103,7 +104,7 @@ class CallEngine:
         voice.prepare(scenario.script)
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         # each process its own random stream: the same seed on two workers would give both the same call SIDs
-        rng = Random(f"{scenario.seed}-{self.process_index}")
+        rng = Random(f"{scenario.seed}-{self.seed_salt}")
         self._pacer_task = asyncio.create_task(pacer.run())
         self.gc_watch.__enter__()
         self._env = CallEnvironment(clock=self.clock, pacer=pacer, voice=voice, http=http, rng=rng, emit=self.emit)

@@ -94,7 +94,8 @@ class LoadNode:
         if self.role != "master":  # a master places no calls
             self.engine = CallEngine(self.scenario, process_index=0, emit=self._on_engine_event,
                                      start_thread=start_real_thread, selector_factory=original_selector,
-                                     max_calls=self.settings.max_calls)
+                                     max_calls=self.settings.max_calls,
+                                     seed_salt=getattr(self.environment.runner, "client_id", "local"))
             self.engine.start(sleep=gevent.sleep)
         if self.role == "worker":
             events.report_to_master.add_listener(self._report_to_master)
