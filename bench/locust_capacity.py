@@ -365,7 +365,12 @@ def main() -> None:
         args.levels, args.ramp, args.hold = "20", 2.0, 6.0
     levels = [int(x) for x in args.levels.split(",")]
     by_name = {v.name: v for v in VARIANTS}
+    unknown = [name for name in args.variants.split(",") if name not in by_name]
+    if unknown:
+        parser.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(by_name)}")
     variants = [by_name[name] for name in args.variants.split(",")]
+    # a SIGTERM (a CI job's timeout) unwinds like Ctrl-C, so the processes of the run in progress are ended too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     pin = args.pin and hasattr(os, "sched_setaffinity") and {CALLER_CPU, AGENT_CPU} <= os.sched_getaffinity(0)
     workdir = Path(tempfile.mkdtemp(prefix="locust-capacity-", dir="/tmp"))
     queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     for command in (ui, soak):
         command.add_argument("--workers", type=int, default=0,
                              help="run a Locust master and N worker processes (default: one process)")
+        command.add_argument("--remote-workers", type=int, default=0,
+                             help="also wait for this many `voicechaos worker` processes from other machines")
         command.add_argument("--master-port", type=int, default=5557,
                              help="the master's port for workers (default: a free port when all workers are local)")
         command.add_argument("--master-bind-host", default="127.0.0.1",
@@ -157,7 +159,7 @@ def _load(args: argparse.Namespace) -> int:
                       duration_s=getattr(args, "duration", None) or getattr(args, "time_limit", None),
                       runs_dir=args.runs_dir, allow_remote=args.allow_remote, master_port=args.master_port,
                       master_bind_host=args.master_bind_host, use_shape=getattr(args, "shape", False),
-                      max_calls=args.max_calls)
+                      max_calls=args.max_calls, remote_workers=args.remote_workers)
     except ScenarioError as exc:
         print(f"voicechaos: invalid scenario\n{exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -144,3 +144,40 @@ async def test_counters_read_at_apply_and_rollback_give_the_faults_effect() -> N
     assert timeline.windows[0].counters_delta == {"runtime:uploads_failed_total": 5.0}
     removed = next(data for name, data in events if name == "fault_removed")
     assert removed["counters_delta"] == {"runtime:uploads_failed_total": 5.0}
+
+
+async def test_a_fault_applied_on_demand_is_logged_and_outlives_the_schedule_until_removed() -> None:
+    clock = ManualClock(0.0)
+    timeline, log, events = make(clock, [(fault("storage", 1, 2), {})])
+    task = asyncio.create_task(timeline.run(start=0.0))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    extra = fault("llm", 0, None)
+    window = await timeline.apply_now(extra, Recorder(clock, log, "llm on demand"))
+    assert window.on_demand and window.active and window.index == 1
+    await task  # the schedule ends (storage rolled back); the fault applied on demand stays
+    assert timeline.windows[1].active
+    done = [what for _, what in log]
+    assert "rollback storage@1" in done and "apply llm on demand" in done and "rollback llm on demand" not in done
+    applied = [data for name, data in events if name == "fault_applied" and data["on_demand"]]
+    assert applied and applied[0]["target"] == "llm"
+    removed = await timeline.remove(1)
+    assert removed.removed_because == "removed on demand" and not removed.active
+    assert log[-1][1] == "rollback llm on demand"
+    await timeline.remove(1)  # removing it again changes nothing
+    assert [what for _, what in log].count("rollback llm on demand") == 1
+    with pytest.raises(KeyError):
+        await timeline.remove(7)
+
+
+async def test_a_fault_on_demand_with_a_duration_ends_by_itself_and_rollback_all_ends_the_rest() -> None:
+    clock = ManualClock(0.0)
+    timeline, log, _ = make(clock, [])
+    short = await timeline.apply_now(fault("llm", 0, 3), Recorder(clock, log, "short"))
+    await timeline.apply_now(fault("stt", 0, None), Recorder(clock, log, "open"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not short.active and short.removed_because == "scheduled end"
+    assert timeline.windows[1].active
+    await timeline.rollback_all("the run ended")
+    assert not timeline.windows[1].active and timeline.windows[1].removed_because == "the run ended"

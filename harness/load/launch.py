@@ -23,7 +23,7 @@ from aiohttp import web
 from harness.load.control import RunControl
 from harness.load.settings import ENV, LoadSettings, dial_json
 from harness.load.shapes import default_shape
-from harness.safety import check_target
+from harness.safety import UnsafeTargetError, check_target, is_loopback_host
 from harness.scenario import Scenario, load_scenario
 from harness.session import RunSession, new_run_dir
 
@@ -65,7 +65,8 @@ def launch(command: str, scenario_path: Path, **options: Any) -> int:
 async def run_load(command: str, scenario_path: Path, *, workers: int = 0, port: int = 8089,
                    duration_s: float | None = None, runs_dir: Path = Path("runs"), allow_remote: bool = False,
                    master_host: str = "127.0.0.1", master_port: int = 5557, master_bind_host: str = "127.0.0.1",
-                   use_shape: bool = False, max_calls: int = 100_000, out: TextIO | None = None) -> int:
+                   use_shape: bool = False, max_calls: int = 100_000, remote_workers: int = 0,
+                   out: TextIO | None = None) -> int:
     out = out or sys.stdout
     scenario = load_scenario(scenario_path)  # a malformed scenario is refused before any process starts
     if command == "worker":
@@ -75,6 +76,9 @@ async def run_load(command: str, scenario_path: Path, *, workers: int = 0, port:
         worker = await _start(_locust("--worker", "--master-host", master_host, "--master-port", str(master_port)),
                               settings)
         return await _wait(worker, [], out)
+    if not allow_remote and not is_loopback_host(master_bind_host):
+        raise UnsafeTargetError(f"--master-bind-host {master_bind_host}: workers on other machines need "
+                                "--allow-remote (and the target must be yours)")
     stop_timeout = f"{scenario.limits.call_timeout:g}"
     if command == "soak":
         duration: float | None = soak_plan_seconds(scenario, duration_s)
@@ -102,10 +106,11 @@ async def run_load(command: str, scenario_path: Path, *, workers: int = 0, port:
     control_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
     settings = LoadSettings(scenario=scenario_path, mode="soak" if command == "soak" else "ui", runs_dir=runs_dir,
                             run_dir=session.run_dir, allow_remote=allow_remote, use_shape=use_shape,
-                            duration_s=duration, max_calls=max_calls, expect_workers=workers,
+                            duration_s=duration, max_calls=max_calls, expect_workers=workers + remote_workers,
                             control_url=control_url, dial=dial_json(dial))
     if command == "soak":
-        out.write(f"voicechaos: soak {scenario.name!r} for {duration:g} s ({workers or 'no'} workers); Locust's "
+        out.write(f"voicechaos: soak {scenario.name!r} for {duration:g} s ({workers or 'no'} local workers"
+                  f"{f', waiting for {remote_workers} more' if remote_workers else ''}); Locust's "
                   f"CSV and HTML go to {session.run_dir}\n")
     else:
         out.write(f"voicechaos: Locust web UI on http://127.0.0.1:{port}/ (live voice figures and faults: "
@@ -113,10 +118,11 @@ async def run_load(command: str, scenario_path: Path, *, workers: int = 0, port:
     out.flush()
     helpers: list[asyncio.subprocess.Process] = []
     try:
-        if workers:
-            bind_port = _free_port() if master_port == 5557 else master_port
+        if workers or remote_workers:
+            # a free port when every worker is ours; a known one when workers on other machines must find it
+            bind_port = _free_port() if master_port == 5557 and not remote_workers else master_port
             args += ["--master", "--master-bind-host", master_bind_host, "--master-bind-port", str(bind_port),
-                     "--expect-workers", str(workers)]
+                     "--expect-workers", str(workers + remote_workers)]
             main = await _start(_locust(*args), settings.model_copy(update={"role": "master"}))
             worker_settings = LoadSettings(scenario=scenario_path, role="worker", allow_remote=allow_remote,
                                            max_calls=max_calls)

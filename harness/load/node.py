@@ -34,6 +34,7 @@ from harness.load.voice_stats import VoiceStats, lateness_from_json, lateness_to
 from harness.load.webui import ChaosError, install
 from harness.records import Outcome
 from harness.run import EXIT_FAIL
+from harness.safety import check_target
 from harness.scenario import Scenario
 
 #: the engine's events the Locust side acts on (a worker forwards every event to the master)
@@ -129,8 +130,11 @@ class LoadNode:
     def place_call(self) -> tuple[int, Any] | None:
         """Start a call for a user: its id and a gevent AsyncResult of its record; None once max_calls were placed."""
         assert self.engine is not None
-        if self.dial is None:
-            self.dial = dial_from_json(getattr(self.environment.parsed_options, "voicechaos_dial", ""))
+        if self.dial is None:  # a worker: the master's target, which this host must be allowed to call too
+            dial = dial_from_json(getattr(self.environment.parsed_options, "voicechaos_dial", ""))
+            check_target(dial.webhook_url or dial.websocket_url or "", allow_remote=self.settings.allow_remote,
+                         what="the master's target")
+            self.dial = dial
         runner = self.environment.runner
         if self.role == "worker":  # the master numbers its workers from 0; ids stay unique across the run
             self.engine.process_index = max(0, runner.worker_index) + 1
