@@ -6,7 +6,9 @@ sample is O(1) on the hot path and per-process histograms merge exactly (for man
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 _BIN_S = 0.0001
 _BINS = 10_000
@@ -65,3 +67,38 @@ class LatenessHistogram:
             "max_ms": ms(self.maximum if self.total else None),
             "mean_ms": ms(self.sum / self.total if self.total else None),
         }
+
+
+def lateness_to_json(histogram: LatenessHistogram) -> dict[str, Any]:
+    """A worker's lateness histogram as JSON: sparse ``[bin, count]`` pairs (a worker fills a few dozen of the 10,000
+    bins), so the message a worker sends every few seconds stays small."""
+    return {
+        "bin_s": _BIN_S,
+        "bins": [[i, count] for i, count in enumerate(histogram.counts) if count],
+        "overflow": histogram.overflow,
+        "total": histogram.total,
+        "maximum": histogram.maximum,
+        "sum": histogram.sum,
+    }
+
+
+def lateness_from_json(data: dict[str, Any]) -> LatenessHistogram:
+    """The inverse of :func:`lateness_to_json`; raises ValueError on a histogram of another bin layout or a broken one
+    (merging it would silently mix bins of different widths)."""
+    if not isinstance(data, dict):
+        raise ValueError("a lateness histogram is a JSON object")
+    if not math.isclose(float(data.get("bin_s", -1)), _BIN_S):
+        raise ValueError(f"lateness histogram bin_s {data.get('bin_s')!r} != {_BIN_S}")
+    histogram = LatenessHistogram()
+    for pair in data.get("bins", []):
+        index, count = int(pair[0]), int(pair[1])
+        if not 0 <= index < _BINS or count < 0:
+            raise ValueError(f"lateness histogram bin {pair!r} out of range")
+        histogram.counts[index] = count
+    histogram.overflow = int(data.get("overflow", 0))
+    histogram.total = int(data.get("total", 0))
+    histogram.maximum = float(data.get("maximum", 0.0))
+    histogram.sum = float(data.get("sum", 0.0))
+    if histogram.total != sum(histogram.counts) + histogram.overflow:
+        raise ValueError("lateness histogram total does not match its bins")
+    return histogram

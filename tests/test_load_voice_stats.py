@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from harness.lateness import LatenessHistogram
-from harness.load.voice_stats import RunHistogram, VoiceStats, lateness_from_json, lateness_to_json
+from harness.lateness import LatenessHistogram, lateness_from_json, lateness_to_json
+from harness.load.voice_stats import RunHistogram, VoiceStats
 
 
 class Clock:

@@ -26,11 +26,11 @@ from locust.env import Environment
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 
 from harness.caller import Dial
-from harness.lateness import LatenessHistogram
+from harness.lateness import LatenessHistogram, lateness_from_json, lateness_to_json
 from harness.load.bridge import Hub, original_selector, start_real_thread
 from harness.load.engine import CallEngine
 from harness.load.settings import LoadSettings, dial_from_json
-from harness.load.voice_stats import VoiceStats, lateness_from_json, lateness_to_json
+from harness.load.voice_stats import VoiceStats
 from harness.load.webui import ChaosError, install
 from harness.records import Outcome
 from harness.run import EXIT_FAIL

@@ -16,7 +16,8 @@ Two horizons for every distribution:
   more fall in the overflow, whose percentile is the maximum.
 
 Pacing lateness arrives as each worker's *cumulative* :class:`~harness.lateness.LatenessHistogram` (its JSON, see
-:func:`lateness_to_json`): a new one replaces that worker's previous one, and the figures are the merge over workers.
+:func:`harness.lateness.lateness_to_json`): a new one replaces that worker's previous one, and the figures are
+the merge over workers.
 A worker that goes away stops counting in the active calls, but its lateness stays in the merge: those frames were
 really sent, and a late harness invalidates the run whichever worker was late.
 
@@ -36,9 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.lateness import _BIN_S as LATENESS_BIN_S
-from harness.lateness import _BINS as LATENESS_BINS
-from harness.lateness import LatenessHistogram
+from harness.lateness import LatenessHistogram, lateness_from_json
 
 #: whole-run histograms: 1 ms bins up to 60 s, then one overflow count
 RUN_BIN_MS = 1.0
@@ -46,44 +45,6 @@ RUN_BINS = 60_000
 #: distinct call-end reasons kept (a reason may carry variable text; the rest are counted under OTHER_REASONS)
 MAX_REASONS = 50
 OTHER_REASONS = "(other reasons)"
-
-
-# --- the JSON of a LatenessHistogram (to move into harness/lateness.py later) -----------------------------------------
-
-
-def lateness_to_json(histogram: LatenessHistogram) -> dict[str, Any]:
-    """A worker's lateness histogram as JSON: sparse ``[bin, count]`` pairs (a worker fills a few dozen of the 10,000
-    bins), so the message a worker sends every few seconds stays small."""
-    return {
-        "bin_s": LATENESS_BIN_S,
-        "bins": [[i, count] for i, count in enumerate(histogram.counts) if count],
-        "overflow": histogram.overflow,
-        "total": histogram.total,
-        "maximum": histogram.maximum,
-        "sum": histogram.sum,
-    }
-
-
-def lateness_from_json(data: dict[str, Any]) -> LatenessHistogram:
-    """The inverse of :func:`lateness_to_json`; raises ValueError on a histogram of another bin layout or a broken one
-    (merging it would silently mix bins of different widths)."""
-    if not isinstance(data, dict):
-        raise ValueError("a lateness histogram is a JSON object")
-    if not math.isclose(float(data.get("bin_s", -1)), LATENESS_BIN_S):
-        raise ValueError(f"lateness histogram bin_s {data.get('bin_s')!r} != {LATENESS_BIN_S}")
-    histogram = LatenessHistogram()
-    for pair in data.get("bins", []):
-        index, count = int(pair[0]), int(pair[1])
-        if not 0 <= index < LATENESS_BINS or count < 0:
-            raise ValueError(f"lateness histogram bin {pair!r} out of range")
-        histogram.counts[index] = count
-    histogram.overflow = int(data.get("overflow", 0))
-    histogram.total = int(data.get("total", 0))
-    histogram.maximum = float(data.get("maximum", 0.0))
-    histogram.sum = float(data.get("sum", 0.0))
-    if histogram.total != sum(histogram.counts) + histogram.overflow:
-        raise ValueError("lateness histogram total does not match its bins")
-    return histogram
 
 
 # --- distributions over two horizons ----------------------------------------------------------------------------------
