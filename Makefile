@@ -36,6 +36,7 @@ lint: $(VENV)/.installed-test
 # Benchmarks print ratios measured side by side; they are not tests and take a few minutes each.
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.caller_capacity
+	$(BIN)/python -m bench.locust_capacity
 	$(BIN)/python -m bench.runtime_capacity
 	$(BIN)/python -m bench.toxiproxy_throughput
 	$(BIN)/python -m bench.report_scale

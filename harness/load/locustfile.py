@@ -27,6 +27,7 @@ SETTINGS = settings_from_env()
 SCENARIO = load_scenario(SETTINGS.scenario)
 #: how long a stopped caller waits for its call's record (the call is hung up first)
 HANG_UP_WAIT_S = 10.0
+STOP_ALL_RATE = 10_000.0
 
 
 @events.init_command_line_parser.add_listener
@@ -87,4 +88,5 @@ if SETTINGS.use_shape:
         plan = _plan
 
         def tick(self) -> tuple[int, float] | None:
-            return users_at(self.plan, self.get_run_time()) or (0, max(1.0, self.plan.effective_spawn_rate))
+            # after the end, every caller at once: one stopped at the shape's own rate could redial meanwhile
+            return users_at(self.plan, self.get_run_time()) or (0, STOP_ALL_RATE)
