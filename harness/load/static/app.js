@@ -346,6 +346,10 @@
     request("GET", locustBase + "/stats/requests").then(function (report) {
       $("load-state").textContent = "state: " + report.state + ", " + report.user_count + " calls" +
         (report.worker_count !== undefined ? ", " + report.worker_count + " workers" : "");
+      // while a load runs, the box shows its size (unless the user is typing a new one)
+      if (report.state === "running" && document.activeElement !== $("user-count")) {
+        $("user-count").value = report.user_count;
+      }
     }).catch(function (e) {
       $("load-state").textContent = "state unavailable: " + e.message;
     }).then(function () { setTimeout(pollLoad, POLL_CHAOS_MS); });
