@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,14 +23,16 @@ import requests
 from websockets.sync.client import ClientConnection, connect
 
 from tests.chromium import find_chromium
-from tests.test_load_e2e import _env, _events, _free_port, _scenario, _wait_for
+from tests.test_load_e2e import _events, _wait_for, start_ui
 
 pytestmark = pytest.mark.e2e
 
 # React-controlled inputs take a value through the native setter and an input event, as typing does
-_SET = """(name, value) => { const el = document.querySelector(`input[name=${name}]`); if (!el) return false;
-  Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(el, value);
-  el.dispatchEvent(new Event('input', {bubbles: true})); return true; }"""
+_SET = """(name, value) => { const inputs = Array.from(document.querySelectorAll(`input[name=${name}]`));
+  const setter = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set;
+  inputs.forEach(el => { setter.call(el, value); el.dispatchEvent(new Event('input', {bubbles: true})); });
+  return inputs.length > 0; }"""
+# (every input of that name: while a load runs, Locust's page holds both its start form and the Edit dialog)
 _CLICK = """(pattern, scope) => { const root = scope ? document.querySelector(scope) : document;
   const b = Array.from(root.querySelectorAll('button')).filter(b => new RegExp(pattern, 'i').test(b.textContent)).pop();
   if (b) b.click(); return b ? b.textContent : null; }"""
@@ -99,19 +100,12 @@ def test_a_user_starts_reshapes_and_stops_a_load_and_injects_a_fault_in_the_brow
     binary = find_chromium()
     if binary is None:
         pytest.skip("Debian's chromium is not installed (`make test` installs it: apt-get install chromium)")
-    scenario = _scenario(tmp_path)
-    runs = tmp_path / "runs"
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    launcher = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", str(scenario), "--port", str(port),
-                                 "--runs-dir", str(runs)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=_env(), stdin=subprocess.DEVNULL)
+    launcher, base, runs = start_ui(tmp_path)
 
     def locust_state() -> dict[str, Any]:
         return dict(requests.get(f"{base}/stats/requests", timeout=5).json())
 
     try:
-        _wait_for(lambda: requests.get(f"{base}/voicechaos/api/voice", timeout=2).ok, 120, "the web UI")
         with browser(binary) as page:
             # start, as a new user does: Locust's form, users and rate, Start
             page.goto(f"{base}/")

@@ -114,8 +114,8 @@ def _wait_for(probe: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
 
 
-def test_the_web_ui_serves_voice_and_chaos_and_a_fault_from_the_chaos_route_is_in_the_event_log(
-        tmp_path: Path) -> None:
+def start_ui(tmp_path: Path) -> tuple[subprocess.Popen[str], str, Path]:
+    """``voicechaos ui`` on a free port, as a user starts it; returns when its web UI answers."""
     scenario = _scenario(tmp_path)
     runs = tmp_path / "runs"
     port = _free_port()
@@ -125,6 +125,17 @@ def test_the_web_ui_serves_voice_and_chaos_and_a_fault_from_the_chaos_route_is_i
                                 text=True, env=_env(), stdin=subprocess.DEVNULL)
     try:
         _wait_for(lambda: requests.get(f"{base}/voicechaos/api/voice", timeout=2).ok, 120, "the web UI")
+    except BaseException:
+        launcher.kill()
+        launcher.communicate(timeout=60)
+        raise
+    return launcher, base, runs
+
+
+def test_the_web_ui_serves_voice_and_chaos_and_a_fault_from_the_chaos_route_is_in_the_event_log(
+        tmp_path: Path) -> None:
+    launcher, base, runs = start_ui(tmp_path)
+    try:
         assert "voicechaos" in requests.get(f"{base}/", timeout=5).text  # the link into Locust's own page
         assert requests.get(f"{base}/voicechaos/", timeout=5).status_code == 200
         chaos = requests.get(f"{base}/voicechaos/api/chaos", timeout=10).json()
