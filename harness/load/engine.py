@@ -1,11 +1,13 @@
 """The call engine of one load process: the same :class:`~harness.caller.Call` as ``voicechaos run``, on an asyncio
 loop of its own OS thread.
 
-Locust runs its users on gevent. Measured here (``bench/locust_capacity.py``, ``shared/notes/locust.md``), an asyncio
-loop in a real thread beside gevent paces more calls per process within 5 ms than a gevent-friendly transport, so a
-Locust user only hands its call to this engine and waits for the record. This module knows nothing of gevent: the
-Locust side passes how to start a real thread and how to make the loop's selector (gevent's patched ones would put a
-gevent hub inside the engine's thread), and it bridges the futures back into greenlets.
+Locust runs its users on gevent. Measured on this kind of machine (``shared/notes/locust.md``), an asyncio loop in a
+real thread beside gevent held the most calls per process within 5 ms p99 (250, against 200 for ``websockets.sync``
+under gevent and 125 for websocket-client), and it runs the very ``Call`` whose measurements are proven elsewhere, so
+a Locust user only hands its call to this engine and waits for the record; ``bench/locust_capacity.py`` measures what
+that costs beside the harness alone. This module knows nothing of gevent: the Locust side passes how to start a real
+thread and how to make the loop's selector (gevent's patched ones would put a gevent hub inside the engine's thread),
+and it bridges the futures back into greenlets.
 
 Everything the engine emits (call and turn events, never frames) is passed to ``emit`` *on the engine's thread*.
 """
@@ -64,6 +66,7 @@ class CallEngine:
         self.pacer: Pacer | None = None
         self._env: CallEnvironment | None = None
         self._calls: dict[int, Call] = {}
+        self._tasks: dict[int, asyncio.Task[Any]] = {}
         self.placed = 0
         self.ended = 0
         self.gc_watch = GcWatch()
@@ -148,13 +151,15 @@ class CallEngine:
         call = Call(self._env, call_id, scenario.script, scenario.limits, dial)
         self._calls[call_id] = call
         task = asyncio.current_task()
-        call._engine_task = task  # type: ignore[attr-defined]
+        assert task is not None
+        self._tasks[call_id] = task
         try:
             return await call.run()
         except asyncio.CancelledError:
             return call.record  # the record is complete (outcome and reason set by the call itself)
         finally:
             self._calls.pop(call_id, None)
+            self._tasks.pop(call_id, None)
             self.ended += 1
 
     def hang_up(self, call_id: int, reason: str) -> None:
@@ -163,12 +168,10 @@ class CallEngine:
             return
 
         def cancel() -> None:
-            call = self._calls.get(call_id)
-            if call is not None:
+            call, task = self._calls.get(call_id), self._tasks.get(call_id)
+            if call is not None and task is not None:
                 call.stop_reason = reason
-                task = getattr(call, "_engine_task", None)
-                if task is not None:
-                    task.cancel()
+                task.cancel()
 
         self.loop.call_soon_threadsafe(cancel)
 
