@@ -1,0 +1,1 @@
+"""WebRTC callers and answerers (aiortc), on loopback only."""
