@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -70,6 +71,9 @@ class Dial:
     parameters: dict[str, str] = field(default_factory=dict)
     from_number: str = "+15005550006"
     to_number: str = "+15005550001"
+    #: host:port to open the media stream at instead of the URL's own (the caller leg's proxy): the webhook and
+    #: the stream's path are unchanged, as when a network sits between the phone network's edge and the platform
+    media_via: str | None = None
 
 
 @dataclass
@@ -532,6 +536,8 @@ class Call:
             url = instruction.url
             parameters.update(instruction.parameters)
         assert url is not None
+        if dial.media_via:
+            url = urlsplit(url)._replace(netloc=dial.media_via).geturl()
         self.stream = CallerStream(self.env.account_sid, record.call_sid, record.stream_sid, parameters)
         try:
             self.ws = await connect(url, self._on_message, self._on_closed, timeout=self.limits.connect_timeout)

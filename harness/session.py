@@ -54,7 +54,7 @@ def resolve_dial(scenario: Scenario, endpoints: StackEndpoints | None, *, allow_
     if target.embedded is not None:
         assert endpoints is not None
         return Dial(webhook_url=endpoints.webhook_url, auth_token=endpoints.auth_token,
-                    from_number=callers.from_number, to_number=callers.to_number)
+                    from_number=callers.from_number, to_number=callers.to_number, media_via=endpoints.media_via)
     if target.webhook is not None:
         check_target(target.webhook.url, allow_remote=allow_remote, what="target.webhook.url")
         return Dial(webhook_url=target.webhook.url, auth_token=target.webhook.auth_token,

@@ -69,6 +69,7 @@ class StackEndpoints:
     toxiproxy: str = ""  # which one (ToxiproxyChoice.describe)
     dependencies: dict[str, Dependency] = field(default_factory=dict)
     storage: StorageEndpoint | None = None  # where the runtime's recordings go (listed directly, not via the proxy)
+    media_via: str | None = None  # host:port of the caller leg's proxy: callers open their media streams there
 
 #: the runtime's dependencies and the fake that serves each (the stack puts a proxy in front of every one)
 FAKE_OF = {"stt": "deepgram", "tts": "elevenlabs", "llm": "openai", "crm": "crm",
@@ -225,10 +226,13 @@ class EmbeddedStack:
         runtime_config["port"] = int(runtime_url.rsplit(":", 1)[1])
         runtime_file.write_text(yaml.safe_dump(runtime_config, sort_keys=False))
         self._supervisor = asyncio.create_task(self._supervise(runtime, runtime_argv))
+        # the callers' side of the runtime: their media streams go through a proxy of their own (the runtime keeps
+        # its port across restarts, so the proxy's upstream stays right)
+        leg = await self._add_dependency("caller_leg", "runtime", runtime_url, control=False)
         return StackEndpoints(runtime_url=runtime_url, webhook_url=f"{runtime_url}/voice", auth_token=AUTH_TOKEN,
                               providers=dict(fakes.urls), toxiproxy_url=self.toxiproxy.url,
                               toxiproxy=choice.describe(), dependencies=dict(self.dependencies),
-                              storage=self.storage)
+                              storage=self.storage, media_via=upstream_of(leg.url))
 
     async def _supervise(self, runtime: Service, argv: list[str]) -> None:
         """Restart the runtime when it exits during the run, as an orchestrator would: a drained runtime (the memory

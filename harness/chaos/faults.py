@@ -26,10 +26,13 @@ from harness.chaos.toxiproxy_client import ToxicSpec, ToxiproxyClient
 
 #: every connection from the reference runtime to a dependency goes through a proxy named after it
 #: (the ``*_fallback`` ones are the providers the runtime falls back to when the primary fails: safeguard 4)
+#: ``caller_leg`` is the other side: the callers' Media Streams websockets to the runtime, through their own proxy
+#: (the network between the phone network's edge and the platform)
 DEPENDENCIES: tuple[str, ...] = ("stt", "tts", "llm", "crm", "storage", "stt_fallback", "tts_fallback",
-                                 "llm_fallback")
-#: dependencies whose fake has a control API for application faults (object storage is a real S3 server)
-PROVIDER_FAULT_TARGETS: tuple[str, ...] = tuple(d for d in DEPENDENCIES if d != "storage")
+                                 "llm_fallback", "caller_leg")
+#: dependencies whose fake has a control API for application faults (object storage is a real S3 server; the
+#: caller leg is a network path)
+PROVIDER_FAULT_TARGETS: tuple[str, ...] = tuple(d for d in DEPENDENCIES if d not in ("storage", "caller_leg"))
 
 #: Toxiproxy's toxic types and their attributes (shared/protocols/toxiproxy.md, "Toxics"); all are integers >= 0
 TOXIC_ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -129,8 +132,8 @@ class Fault(_Model):
         if len(chosen) != 1:
             raise ValueError(f"a fault is exactly one of toxic, down, provider (got {chosen or 'none'})")
         if self.provider is not None and self.target not in PROVIDER_FAULT_TARGETS:
-            raise ValueError(f"{self.target!r} has no provider faults (it is a real S3 server); "
-                             "use a toxic or down")
+            why = "it is a real S3 server" if self.target == "storage" else "it is a network path"
+            raise ValueError(f"{self.target!r} has no provider faults ({why}); use a toxic or down")
         return self
 
     @property
