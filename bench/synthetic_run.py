@@ -430,14 +430,20 @@ def write_calls(writer: _Writer, calls: Calls, steps: list[Step]) -> None:
                     else:
                         gaps, max_gap = f"{g1!r},{g2!r}", max(g1, g2)
                     heard_total += text.heard_count[st]
+                    # 40 symbols a phrase; a garbled one arrived three quarters intact
+                    garbled = int(st == GARBLED)
+                    symbols = 40 * (text.heard_count[st] + garbled)
+                    clear = 40 * text.heard_count[st] + 30 * garbled
+                    quality = repr(round(clear / symbols, 4)) if symbols else "null"
                     body = (f'{{"index":{j},"step":{j},"kind":"{text.kind}","caller_text":{text.caller_text},'
                             f'"expected":{text.expected},"listen_from":{listen[k][j]!r},'
                             f'"caller_speech_start":{_num(speech[k][j])},"first_audio_at":{_num(first[k][j])},'
                             f'"last_audio_end":{_num(last_end[k][j])},"response_latency_ms":{_num(latency[k][j])},'
                             f'"gaps_ms":[{gaps}],"heard":{text.heard[st]},"undecodable":{int(st == GARBLED)},'
                             f'"undecodable_reasons":{garbled_reasons if st == GARBLED else "[]"},"cut_phrases":0,'
+                            f'"audio_symbols":{symbols},"audio_symbols_clear":{clear},'
                             f'"barge_in":false,"barge_in_reaction_ms":null,"stray_clears":0,'
-                            f'"status":"{STATUSES[st]}","max_gap_ms":{max_gap!r}}}')
+                            f'"status":"{STATUSES[st]}","max_gap_ms":{max_gap!r},"audio_quality":{quality}}}')
                     bodies.append(body)
                     at = close[k][j]
                     writer.later(at, f'{{"event":"turn","time":{round(at, 6)!r},"call_id":{call_id},{body[1:]}')

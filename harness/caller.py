@@ -359,6 +359,8 @@ class Call:
         turn = self._turn or (self.record.turns[-1] if self.record.turns else None)
         if turn is None:
             return
+        turn.audio_symbols += heard.symbols
+        turn.audio_symbols_clear += heard.clear_symbols
         if heard.text is not None:
             turn.heard.append(heard.text)
         else:

@@ -47,6 +47,8 @@ class Heard:
     text: str | None
     reason: str
     at: float  # playout time when it was recognised
+    symbols: int = 0  # the phrase's symbols, when a phrase was recognised (see UndecodableAudio)
+    clear_symbols: int = 0
 
 
 class Ear:
@@ -162,7 +164,7 @@ class Ear:
         self._decoder = PhraseDecoder(_RATE)
         self._quiet_fed = _GAP_FILL_S
         heard = [h for h in whole if h.text is not None]
-        heard += [Heard(e.text, "", e.end) for e in events if isinstance(e, DecodedPhrase)]
+        heard += [Heard(e.text, "", e.end, e.symbols, e.symbols) for e in events if isinstance(e, DecodedPhrase)]
         cut = sum(1 for e in events if isinstance(e, UndecodableAudio)) + sum(1 for h in whole if h.text is None)
         return heard, cut
 
@@ -188,7 +190,7 @@ class Ear:
     @staticmethod
     def _event(event: object, at: float) -> Heard | None:
         if isinstance(event, DecodedPhrase):
-            return Heard(event.text, "", at)
+            return Heard(event.text, "", at, event.symbols, event.symbols)
         if isinstance(event, UndecodableAudio):
-            return Heard(None, event.reason, at)
+            return Heard(None, event.reason, at, event.symbols, event.clear_symbols)
         return None

@@ -38,6 +38,10 @@ class TurnRecord:
     undecodable: int = 0
     undecodable_reasons: list[str] = field(default_factory=list)
     cut_phrases: int = 0  # phrases cut short by a clear (barge-in): not garbled audio
+    # how much of the agent's phrase audio arrived intact: symbols of recognised phrases, and those read clearly
+    # (a phrase cut by a clear is left out: that is the agent's choice, not the network's)
+    audio_symbols: int = 0
+    audio_symbols_clear: int = 0
     barge_in: bool = False
     barge_in_reaction_ms: float | None = None
     stray_clears: int = 0  # clear while nothing was playing (logged; no reaction)
@@ -47,9 +51,17 @@ class TurnRecord:
     def max_gap_ms(self) -> float:
         return max(self.gaps_ms, default=0.0)
 
+    @property
+    def audio_quality(self) -> float | None:
+        """The share of the turn's phrase symbols that arrived intact (1.0: all of them); None without phrases."""
+        if not self.audio_symbols:
+            return None
+        return round(self.audio_symbols_clear / self.audio_symbols, 4)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["max_gap_ms"] = self.max_gap_ms
+        data["audio_quality"] = self.audio_quality
         return data
 
 

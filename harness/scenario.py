@@ -193,6 +193,8 @@ class Targets(Model):
     call_success_rate: float = Field(0.999, ge=0, le=1, description="share of calls that complete")
     phrase_decode_rate: float = Field(1.0, ge=0, le=1, description="share of agent phrases that decode (no garbled "
                                                                    "audio)")
+    audio_quality: float = Field(0.99, ge=0, le=1, description="share of the agent's phrase audio that arrived "
+                                                               "intact (symbols read clearly)")
     expected_phrase_rate: float = Field(1.0, ge=0, le=1, description="share of turns with expected phrases in "
                                                                      "which the agent said them")
     barge_in_reaction_p95_ms: float = Field(1000.0, gt=0)

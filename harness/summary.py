@@ -64,6 +64,8 @@ def summarize(calls: list[dict[str, Any]], lateness: dict[str, Any], targets: Ta
     max_gaps = [t["max_gap_ms"] for t in turns if t["first_audio_at"] is not None]
     heard = sum(len(t["heard"]) for t in turns)
     undecodable = sum(t["undecodable"] for t in turns)
+    symbols = sum(t.get("audio_symbols") or 0 for t in turns)
+    symbols_clear = sum(t.get("audio_symbols_clear") or 0 for t in turns)
     with_expect = [t for t in turns if t["expected"] and t["status"] != "interrupted"]
     expected_ok = sum(1 for t in with_expect if t["status"] == "ok")
     barge_ins = [t for t in turns if t.get("barge_in")]
@@ -100,6 +102,8 @@ def summarize(calls: list[dict[str, Any]], lateness: dict[str, Any], targets: Ta
                       f"{targets.broken_silence_ms:g} ms"),
         _verdict("phrase_decode_rate", decode_rate, targets.phrase_decode_rate, at_most=False, unit="",
                  note=f"{heard} phrases decoded, {undecodable} undecodable (garbled)"),
+        _verdict("audio_quality", round(symbols_clear / symbols, 4) if symbols else None, targets.audio_quality,
+                 at_most=False, unit="", note=f"{symbols_clear}/{symbols} phrase symbols arrived intact"),
         _verdict("expected_phrase_rate", expected_rate, targets.expected_phrase_rate, at_most=False, unit="",
                  note=f"{expected_ok}/{len(with_expect)} turns said what was expected"),
         _verdict("barge_in_reaction_p95_ms", percentile(reactions, 95), targets.barge_in_reaction_p95_ms,

@@ -73,6 +73,7 @@ def caller_rows(data: RunData, targets: Targets) -> list[TargetRow]:
     dead_air = int((heard_turns["max_gap_ms"] > targets.dead_air_ms).sum())
     broken = int((heard_turns["max_gap_ms"] > targets.broken_silence_ms).sum())
     heard, undecodable = int(turns["heard"].sum()), int(turns["undecodable"].sum())
+    symbols, symbols_clear = int(turns["audio_symbols"].sum()), int(turns["audio_symbols_clear"].sum())
     expected = turns[turns["has_expected"] & (turns["status"] != "interrupted")]
     expected_ok = int((expected["status"] == "ok").sum())
     barge = turns[turns["barge_in"]]
@@ -103,6 +104,11 @@ def caller_rows(data: RunData, targets: Targets) -> list[TargetRow]:
         _row(AUDIO, "phrase_decode_rate", "Agent phrases decoded (no garbled audio)",
              round(heard / (heard + undecodable), 4) if heard + undecodable else None, targets.phrase_decode_rate,
              lower_is_better=False, note=f"{heard} phrases decoded, {undecodable} undecodable (garbled)"),
+        _row(AUDIO, "audio_quality", "Agent audio that arrived intact",
+             round(symbols_clear / symbols, 4) if symbols else None, targets.audio_quality, lower_is_better=False,
+             note=f"{symbols_clear}/{symbols} symbols of the agent's phrases read clearly (lost or garbled "
+                  "stretches lower it; a phrase cut by a barge-in does not count)" if symbols
+             else "no phrase of the agent was recognised"),
         _row(CALLER, "expected_phrase_rate", "Turns that said what was expected",
              round(expected_ok / len(expected), 4) if len(expected) else None, targets.expected_phrase_rate,
              lower_is_better=False, note=f"{expected_ok}/{len(expected)} turns said what the script expected"),

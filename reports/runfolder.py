@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from reports.model import CALL_COLUMNS, GAP_COLUMNS, TURN_COLUMNS, FaultWindow, RunData, RuntimeSeries
 
 RECORDS = "records"
-FORMAT = 1  # bumped when the tables change: older compiled records are rebuilt
+FORMAT = 2  # bumped when the tables change: older compiled records are rebuilt
 CHUNK_CALLS = 20_000  # calls per Parquet row group: bounded memory whatever the length of the run
 
 _CALL_TYPES = {"call_id": pa.int64(), "call_sid": pa.string(), "outcome": pa.string(), "reason": pa.string(),
@@ -33,7 +33,8 @@ _TURN_TYPES = {"call_id": pa.int64(), "index": pa.int32(), "step": pa.int32(), "
                "status": pa.string(), "caller_text": pa.string(), "at_s": pa.float64(),
                "response_latency_ms": pa.float64(), "first_audio": pa.bool_(), "max_gap_ms": pa.float64(),
                "gaps": pa.int32(), "heard": pa.int32(), "undecodable": pa.int32(), "has_expected": pa.bool_(),
-               "barge_in": pa.bool_(), "barge_in_reaction_ms": pa.float64(), "cut_phrases": pa.int32()}
+               "barge_in": pa.bool_(), "barge_in_reaction_ms": pa.float64(), "cut_phrases": pa.int32(),
+               "audio_symbols": pa.int32(), "audio_symbols_clear": pa.int32()}
 _GAP_TYPES = {"call_id": pa.int64(), "turn_index": pa.int32(), "at_s": pa.float64(), "gap_ms": pa.float64()}
 SCHEMAS = {name: pa.schema([(c, types[c]) for c in columns]) for name, columns, types in (
     ("calls", CALL_COLUMNS, _CALL_TYPES), ("turns", TURN_COLUMNS, _TURN_TYPES), ("gaps", GAP_COLUMNS, _GAP_TYPES))}
@@ -115,6 +116,8 @@ class _Columns:
             rows["barge_in"].append(bool(turn.get("barge_in")))
             rows["barge_in_reaction_ms"].append(turn.get("barge_in_reaction_ms"))
             rows["cut_phrases"].append(int(turn.get("cut_phrases") or 0))
+            rows["audio_symbols"].append(int(turn.get("audio_symbols") or 0))
+            rows["audio_symbols_clear"].append(int(turn.get("audio_symbols_clear") or 0))
             for gap in gap_list:
                 gaps["call_id"].append(call.get("call_id"))
                 gaps["turn_index"].append(turn.get("index"))

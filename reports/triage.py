@@ -93,7 +93,9 @@ def _symptoms(data: RunData, targets: Targets) -> list[tuple[str, str, pd.DataFr
         (HARNESS, "harness error", calls[outcome.isin(["error", "unfinished"])],
          lambda r: f"{r['outcome']}: {r['reason']}"),
         (TELEPHONY, "garbled audio", turn_rule((turns["status"] == "garbled") | (turns["undecodable"] > 0)),
-         lambda r: f"{r['undecodable']} undecodable phrase(s), {r['heard']} decoded"),
+         lambda r: f"{r['undecodable']} undecodable phrase(s), {r['heard']} decoded"
+                   + (f"; {r['audio_symbols_clear'] / r['audio_symbols']:.0%} of the audio intact"
+                      if r["audio_symbols"] else "")),
         (TELEPHONY, "agent audio cut off", turn_rule(turns["status"] == "cut_off"),
          lambda r: "the call ended while the agent's turn was incomplete"),
         (VOICE_CORE, "no response", turn_rule(turns["status"] == "no_response"),

@@ -33,7 +33,7 @@ product per chunk. A phrase's symbols are classified in one numpy batch once its
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
 
@@ -121,15 +121,24 @@ class DecodedPhrase:
     text: str
     start: float
     end: float
+    # the frame's symbols, every one read clearly (a measurement beside the result: not part of equality)
+    symbols: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class UndecodableAudio:
-    """Energetic audio that is not a phrase: noise, a tone, a phrase cut short, or a format/rate mismatch."""
+    """Energetic audio that is not a phrase: noise, a tone, a phrase cut short, or a format/rate mismatch.
+
+    When it began as a phrase whose length field was read, ``symbols`` is how many symbols that phrase has and
+    ``clear_symbols`` how many of them were read clearly (a comb matched above :data:`MIN_SYMBOL_SCORE`); missing
+    symbols of a phrase cut short count as unclear. Both are 0 when no phrase was recognised (noise, a mismatch):
+    a measure of how much of the audio arrived intact, not of which text it carried."""
 
     start: float
     end: float
     reason: str
+    symbols: int = field(default=0, compare=False)
+    clear_symbols: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +516,7 @@ class PhraseDecoder:
         self._symbols: list[int] = []  # symbols decoded so far in this phrase
         self._scores: list[float] = []  # their match scores, from the first symbol after the header
         self._reason = ""
+        self._garbage_symbols = (0, 0)  # (symbols, clear) of the phrase a garbage stretch began as
         self._last_active_end = 0
         self._quiet_frames = 0
         self._quiet_rms = ACTIVE_RMS
@@ -682,6 +692,7 @@ class PhraseDecoder:
         body = self._symbols[2:]
         payload, crc = body[2:-_CRC_SYMBOLS], body[-_CRC_SYMBOLS:]
         text = _symbols_to_text(payload)
+        self._garbage_symbols = self._symbol_counts()
         if scores and min(scores) < MIN_SYMBOL_SCORE:
             worst = _HEADER_SYMBOLS + int(np.argmin(scores))
             reason = f"unclear symbol at {self._seconds(self._start + worst * SYMBOL_SAMPLES):.3f} s"
@@ -690,7 +701,8 @@ class PhraseDecoder:
         elif text is None:
             reason = "invalid symbol sequence"
         else:
-            events.append(DecodedPhrase(text, self._seconds(self._start), self._seconds(self._end)))
+            events.append(DecodedPhrase(text, self._seconds(self._start), self._seconds(self._end),
+                                        symbols=len(self._symbols)))
             self._floor = self._scan = self._end
             self._state = _State.IDLE
             return
@@ -705,10 +717,22 @@ class PhraseDecoder:
         heard = (end - self._start) / CODEC_SAMPLE_RATE
         total = (self._end - self._start) / CODEC_SAMPLE_RATE
         reason = f"phrase cut short: {why} after {heard:.2f} s of {total:.2f} s"
-        events.append(UndecodableAudio(self._seconds(self._start), self._seconds(end), reason))
+        self._classify_ready((end - self._start) // SYMBOL_SAMPLES)
+        symbols, clear = self._symbol_counts()
+        events.append(UndecodableAudio(self._seconds(self._start), self._seconds(end), reason, symbols=symbols,
+                                       clear_symbols=clear))
         self._floor = end
 
+    def _symbol_counts(self) -> tuple[int, int]:
+        """The current phrase's symbols (header, payload, checksum) and how many were read clearly: the header
+        was (it was recognised), then each classified symbol whose comb matched above the threshold; symbols not
+        heard (a phrase cut short) are not clear."""
+        symbols = (self._end - self._start) // SYMBOL_SAMPLES
+        clear = _HEADER_SYMBOLS + sum(1 for v in self._scores if v >= MIN_SYMBOL_SCORE)
+        return symbols, min(clear, symbols)
+
     def _to_garbage(self, start: int, reason: str) -> None:
+        self._garbage_symbols = (0, 0)  # no phrase was recognised: nothing to count
         self._state = _State.GARBAGE
         self._start = start
         self._reason = reason
@@ -744,7 +768,9 @@ class PhraseDecoder:
     def _end_garbage(self, events: list[PhraseEvent]) -> None:
         end = max(self._last_active_end, self._start)
         if (end - self._start) / CODEC_SAMPLE_RATE >= MIN_UNDECODABLE_SECONDS:
-            events.append(UndecodableAudio(self._seconds(self._start), self._seconds(end), self._reason))
+            symbols, clear = self._garbage_symbols
+            events.append(UndecodableAudio(self._seconds(self._start), self._seconds(end), self._reason,
+                                           symbols=symbols, clear_symbols=clear))
         self._floor = end
 
     def _seconds(self, index: int) -> float:
