@@ -146,3 +146,64 @@ async def test_the_relay_loses_on_both_legs_what_it_says_it_lost() -> None:
     assert len(got) == down["delivered"] == up["delivered"] - down["lost"]
     assert up["lost"] + down["lost"] == 2_000 - len(got)
     assert 0.75 * 2_000 <= len(got) <= 0.87 * 2_000  # ~0.9 * 0.9 arrive back
+
+
+async def test_a_webrtc_call_through_the_relay_takes_its_loss_on_both_legs() -> None:
+    """The caller's offer and the far end's answer both point at the relay: every media packet crosses it, both ways,
+    and the loss set on it is what each side's audio goes through."""
+    from aiortc import AudioStreamTrack, RTCSessionDescription
+
+    from harness.webrtc.loopback import check_candidates, gather_on_loopback_only, loopback_peer
+    from harness.webrtc.relay import route_through
+
+    caller, agent = loopback_peer(), loopback_peer()
+    frames = {"caller": 0, "agent": 0}
+    pulls: list[asyncio.Task[None]] = []
+
+    def count(name: str) -> object:
+        def on_track(track: object) -> None:
+            async def pull() -> None:
+                while True:
+                    await track.recv()  # type: ignore[attr-defined]
+                    frames[name] += 1
+
+            pulls.append(asyncio.ensure_future(pull()))
+
+        return on_track
+
+    caller.on("track", count("caller"))
+    agent.on("track", count("agent"))
+    relay = UdpRelay(None, Impairment(loss_pct=5), seed=2)
+    await relay.start()
+    try:
+        caller.addTrack(AudioStreamTrack())
+        gather_on_loopback_only(caller)
+        await caller.setLocalDescription(await caller.createOffer())
+        offer, caller_address = route_through(caller.localDescription.sdp, relay.far_address)
+        relay.caller = caller_address
+        await agent.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        agent.addTrack(AudioStreamTrack())
+        gather_on_loopback_only(agent)
+        await agent.setLocalDescription(await agent.createAnswer())
+        answer, agent_address = route_through(agent.localDescription.sdp, relay.near_address)
+        relay.far_end = agent_address
+        for sdp in (offer, answer):
+            assert {c.port for c in check_candidates(sdp)} <= {relay.near_address[1], relay.far_address[1]}
+        await caller.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if min(frames.values()) >= 100:
+                break
+        stats = relay.stats()
+        up, down = stats["caller_to_far_end"], stats["far_end_to_caller"]
+        assert caller.connectionState == agent.connectionState == "connected"
+        assert min(frames.values()) >= 100, frames
+        # both directions crossed the relay (no direct path), and both lost packets there
+        assert up["packets"] >= 100 and down["packets"] >= 100, stats
+        assert up["lost"] > 0 and down["lost"] > 0, stats
+    finally:
+        for task in pulls:
+            task.cancel()
+        await caller.close()
+        await agent.close()
+        await relay.close()
