@@ -106,7 +106,7 @@ async def run_load(command: str, scenario_path: Path, *, workers: int = 0, port:
     control_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
     settings = LoadSettings(scenario=scenario_path, mode="soak" if command == "soak" else "ui", runs_dir=runs_dir,
                             run_dir=session.run_dir, allow_remote=allow_remote, use_shape=use_shape,
-                            duration_s=duration, max_calls=max_calls, expect_workers=workers + remote_workers,
+                            duration_s=duration, max_calls=max_calls,
                             control_url=control_url, dial=dial_json(dial))
     if command == "soak":
         out.write(f"voicechaos: soak {scenario.name!r} for {duration:g} s ({workers or 'no'} local workers"

@@ -35,7 +35,6 @@ class LoadSettings(BaseModel):
     duration_s: float | None = Field(None, gt=0, description="soak: the run's length; ui: the longest one test "
                                                              "started from the browser may run")
     max_calls: int = Field(100_000, ge=1, description="the most calls one load process places")
-    expect_workers: int = Field(0, ge=0)
     control_url: str | None = Field(None, description="the launcher's run control API (local and master only)")
     dial: str = Field("", description="where calls go (the Dial as JSON), known once the launcher's stack is up")
     redial_after_s: float = Field(1.0, ge=0, description="a caller's pause between the end of a call and the next")

@@ -43,8 +43,6 @@ class PhraseTrack(MediaStreamTrack):
         self._start: float | None = None
         self._frames = 0
         self.lateness = LatenessHistogram()
-        #: when the last sample of queued speech will have been sent (grid time), for "end of caller speech"
-        self.speech_sent_at: float | None = None
 
     def say(self, samples: np.ndarray, sample_rate: int) -> None:
         """Queue phrase audio (float, -1..1, mono) to be played after what is queued already."""
@@ -78,8 +76,6 @@ class PhraseTrack(MediaStreamTrack):
             self._pending = np.concatenate([self._pending, self._queue.popleft()])
         out = self._pending[:_FRAME_SAMPLES]
         self._pending = self._pending[_FRAME_SAMPLES:]
-        if len(out) and not self.speaking:
-            self.speech_sent_at = self._clock()
         if len(out) < _FRAME_SAMPLES:
             out = np.concatenate([out, np.zeros(_FRAME_SAMPLES - len(out), dtype=np.int16)])
         return out
