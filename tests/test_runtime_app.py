@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from reference_runtime.app import RUNTIME, create_app
 from reference_runtime.config import parse_config
+from tests.in_process import with_pytest_memory
 
 TOKEN = "test-auth-token"
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ PROVIDERS = {
 
 @asynccontextmanager
 async def running(**config: Any) -> AsyncIterator[tuple[str, web.Application, aiohttp.ClientSession]]:
-    app = create_app(parse_config({"providers": PROVIDERS, **config}))
+    app = create_app(parse_config(with_pytest_memory({"providers": PROVIDERS, **config})))
     runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

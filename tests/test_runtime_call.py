@@ -35,6 +35,7 @@ from reference_runtime.config import RuntimeConfig, parse_config
 from reference_runtime.recording import Recording
 from reference_runtime.tools import StaticToolRunner
 from reference_runtime.workflow import LoggingWorkflowClient
+from tests.in_process import with_pytest_memory
 
 pytestmark = pytest.mark.e2e
 
@@ -138,7 +139,7 @@ def runtime_config(
         "safeguards": {},
     }
     data.update(overrides)
-    return parse_config(data)
+    return parse_config(with_pytest_memory(data))
 
 
 @asynccontextmanager

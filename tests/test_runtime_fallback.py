@@ -32,6 +32,7 @@ from reference_runtime.app import create_app
 from reference_runtime.config import parse_config
 from reference_runtime.tools import StaticToolRunner
 from reference_runtime.workflow import LoggingWorkflowClient
+from tests.in_process import with_pytest_memory
 from tests.test_runtime_call import (
     FAST,
     GOODBYE,
@@ -79,7 +80,7 @@ async def fallback_stack(
         serve_app(apps["assemblyai"]) as assemblyai,
     ):
         config = parse_config(
-            {
+            with_pytest_memory({
                 "capacity": 4,
                 "providers": {
                     "stt": {"kind": "deepgram", "base_url": deepgram, "endpointing_ms": 100},
@@ -94,7 +95,7 @@ async def fallback_stack(
                 },
                 "dialog": {"greeting": GREETING, "objectives": OBJECTIVES, "goodbye": GOODBYE},
                 "safeguards": {"providers": mode},
-            }
+            })
         )
         recordings, workflow = RecordingBox(), LoggingWorkflowClient()
         tools = StaticToolRunner({"book_appointment": {"booked": True}})

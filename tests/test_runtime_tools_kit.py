@@ -46,6 +46,7 @@ from reference_runtime.dialog import LlmReply, LlmRequest, ToolCall, ToolResult,
 from reference_runtime.providers.base import LlmChunk, Providers, ReplyDone, TextDelta, Transcript
 from reference_runtime.recording import MemoryRecordingSink
 from reference_runtime.workflow import CallContext, WorkflowError
+from tests.in_process import with_pytest_memory
 from tests.test_runtime_call import FAST, TwilioSide, decode
 
 AGENTS = Path(__file__).resolve().parent.parent / "scenarios" / "agents"
@@ -68,7 +69,7 @@ def agent_config(name: str, **overrides: Any) -> RuntimeConfig:
         "dialog": agent(name)["runtime"]["dialog"],
     }
     data.update(overrides)
-    return parse_config(data)
+    return parse_config(with_pytest_memory(data))
 
 
 # --- the slow dependency --------------------------------------------------------------------------------------
@@ -399,7 +400,8 @@ async def crm_stack(
         data["workflow"] = {"url": f"{crm_url}/workflow/events", **overrides.pop("workflow", {})}
         data["tools"] = {"url": f"{crm_url}/tools", **overrides.pop("tools", {})}
         data.update(overrides)
-        app = create_app(parse_config(data), recording_sink=MemoryRecordingSink(), audio_planner=plan_from_config)
+        config = parse_config(with_pytest_memory(data))
+        app = create_app(config, recording_sink=MemoryRecordingSink(), audio_planner=plan_from_config)
         async with serve_app(app) as url, aiohttp.ClientSession() as http:
             yield CrmStack(url, http, app, crm_app)
 
