@@ -464,7 +464,10 @@ def write_calls(writer: _Writer, calls: Calls, steps: list[Step]) -> None:
                 f'"connect_ms":{_num(connect[k])},"duration_s":{duration[k]!r},"turns":[{",".join(bodies)}],'
                 f'"frames_sent":{frames},"dtmf_sent":"","marks_echoed":{heard_total},"clears":0,"stray_clears":0,'
                 f'"protocol_errors":0,"protocol_error_examples":[],"unexpected_messages":0,"close_code":{code},'
-                f'"close_reason":{why},"send_lateness_max_ms":{lateness[k]!r},"discarded_audio_bytes":0}}'))
+                f'"close_reason":{why},"send_lateness_max_ms":{lateness[k]!r},"discarded_audio_bytes":0,'
+                f'"transport":"twilio","group":"twilio","concealed_ms":0.0,"late_frames":0,"playout_underruns":0,'
+                f'"playout_delay_ms":null,'
+                f'"rtp_packets_received":null,"rtp_packets_lost":null,"rtp_jitter_ms":null}}'))
 
 
 def check_shapes(events_path: Path) -> None:

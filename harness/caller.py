@@ -1,57 +1,53 @@
-"""One simulated Twilio caller: dials, talks through a script, and measures what a person on the phone hears.
+"""One simulated caller: dials, talks through a script, and measures what a person on the phone hears.
 
 The call is an asyncio object driven by two things: the shared :class:`~harness.pacer.Pacer`, which ticks it on its
-20 ms grid (send one frame, let the playout model play, check the turn), and websocket messages, which land in the
-playout queue the moment they arrive. The script itself is a coroutine that waits on conditions the ticks resolve
-("the greeting is over", "my utterance has been sent"). Nothing here knows what drives the process: ``voicechaos run``
-and, later, Locust users run the same :class:`Call`.
+20 ms grid (send one frame, let the playout model play, check the turn), and the agent's audio, which lands in the
+playout queue the moment it arrives. The transport is a :class:`~harness.line.Line`: Twilio Media Streams
+(:mod:`harness.twilio.line`) or WebRTC (:mod:`harness.webrtc.line`); everything measured here is the same for
+both. The script itself is a coroutine that waits on conditions the ticks resolve ("the greeting is over", "my
+utterance has been sent"). Nothing here knows what drives the process: ``voicechaos run`` and Locust users run the
+same :class:`Call`.
 
 Where each number comes from (the measurement contract):
 
-- *end of caller speech*: the clock read right after the last speech frame was written to the socket: the agent
-  cannot have heard the end earlier, and a late harness does not make the agent look slow;
+- *end of caller speech*: the clock read right after the last speech frame was handed to the line (written to the
+  socket, or to the WebRTC track the sender is waiting on): the agent cannot have heard the end earlier, and a late
+  harness does not make the agent look slow;
 - *first audible agent audio*, *silence gaps*: the playout timeline (:mod:`harness.playout`), located to 5 ms by
   :class:`~harness.hearing.Ear`; gaps are silences between audible stretches of one agent turn (trailing silence
   is not a gap);
 - *barge-in reaction*: from the first frame of the interrupting utterance to a ``clear`` that cut audible audio;
-  a ``clear`` while nothing plays is counted as stray, never as a reaction;
+  a ``clear`` while nothing plays is counted as stray, never as a reaction. A line without ``clear`` (WebRTC: the
+  agent just stops sending) measures to the end of the agent's last audible audio, once it has fallen silent;
 - *send lateness*: every frame's write time minus its grid time, per call and per process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from harness.audio.phrase_codec import normalize_text
 from harness.clock import Clock
 from harness.hearing import Audible, Ear, Heard
-from harness.pacer import FRAME_S, Pacer
+from harness.line import Line, LineRefused
+from harness.pacer import Pacer
 from harness.playout import MarkReached, PlayedAudio, Playout
 from harness.records import CallRecord, Outcome, TurnRecord
 from harness.scenario import Dtmf, ExpectHangup, HangUp, Limits, Pause, Say, Step, WaitForGreeting
-from harness.transport.websocket import Closed, WebSocketClient, WebSocketConnectError, connect
-from harness.twilio.media_streams import (
-    AgentClear,
-    AgentMark,
-    AgentMedia,
-    CallerStream,
-    ProtocolError,
-    UnexpectedMessage,
-    new_account_sid,
-    new_call_sid,
-    new_stream_sid,
-)
-from harness.twilio.webhook import ConnectStream, Hangup, Reject, TwimlError, build_voice_webhook, parse_twiml
+from harness.transport.websocket import Closed
+from harness.twilio.line import TwilioLine
+from harness.twilio.media_streams import new_account_sid, new_call_sid, new_stream_sid
 from harness.voice import SILENCE_FRAME_B64, Voice
+from harness.webrtc.line import WebRtcLine
 
 #: websocket close code a platform uses for "at capacity, try again later" (RFC 6455 §7.4.1, 1013)
 TRY_AGAIN_LATER = 1013
@@ -63,7 +59,12 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class Dial:
-    """Where a call goes: a voice webhook (followed by the TwiML's stream) or a Media Streams URL directly."""
+    """Where a call goes: a voice webhook (followed by the TwiML's stream) or a Media Streams URL directly; or, for
+    ``transport="webrtc"``, an HTTP offer/answer URL (``offer_url``)."""
+
+    transport: str = "twilio"
+    #: WebRTC signalling: where the caller POSTs its SDP offer (the shape of Pipecat's SmallWebRTC transport)
+    offer_url: str | None = None
 
     webhook_url: str | None = None
     auth_token: str = ""
@@ -74,6 +75,10 @@ class Dial:
     #: host:port to open the media stream at instead of the URL's own (the caller leg's proxy): the webhook and
     #: the stream's path are unchanged, as when a network sits between the phone network's edge and the platform
     media_via: str | None = None
+    #: WebRTC only: the caller's media goes through the impairment relay of the caller's leg (harness.webrtc.relay)
+    relay: Any = None
+    #: the scenario's caller group this call belongs to (reports compare groups side by side)
+    group: str = ""
 
 
 @dataclass
@@ -109,13 +114,12 @@ class Call:
         self.dial = dial
         self.clock = env.clock
         rng = env.rng
-        self.record = CallRecord(call_id=call_id, call_sid=new_call_sid(rng), stream_sid=new_stream_sid(rng))
-        self.stream: CallerStream | None = None
-        self.ws: WebSocketClient | None = None
+        self.record = CallRecord(call_id=call_id, call_sid=new_call_sid(rng), stream_sid=new_stream_sid(rng),
+                                 transport=dial.transport, group=dial.group or dial.transport)
+        self.line: Line = self._line_for(dial)
         self.playout = Playout()
         self.ear = Ear()
         self._loop = asyncio.get_running_loop()
-        self._stream_start = 0.0
         self._start_sent_at = 0.0
         self._step_index = 0
         #: why the run cancelled this call (set by whoever cancels it)
@@ -131,6 +135,20 @@ class Call:
         self._pending_reaction_ms: float | None = None  # a reaction seen before the barge-in turn opened
         self._closed: asyncio.Future[Closed] = self._loop.create_future()
         self._hanging_up = False
+        self._awaiting_silence = False  # a barge-in on a line without clear: until the agent's audio stops
+        self._last_audible_end = 0.0
+
+    def _line_for(self, dial: Dial) -> Line:
+        env, record = self.env, self.record
+        if dial.transport == "webrtc":
+            assert dial.offer_url is not None
+            return WebRtcLine(env.http, offer_url=dial.offer_url, call_sid=record.call_sid, now=self.clock.now,
+                              relay=dial.relay)
+        return TwilioLine(env.http, account_sid=env.account_sid, call_sid=record.call_sid,
+                          stream_sid=record.stream_sid, webhook_url=dial.webhook_url, auth_token=dial.auth_token,
+                          websocket_url=dial.websocket_url, parameters=dial.parameters,
+                          from_number=dial.from_number, to_number=dial.to_number, media_via=dial.media_via,
+                          now=self.clock.now)
 
     # --- the script ---------------------------------------------------------------------------------------------------
 
@@ -160,8 +178,11 @@ class Call:
             raise
         except Exception as exc:  # a harness bug: report it as ours, never as the agent's fault
             self._end(Outcome.ERROR, f"harness error: {type(exc).__name__}: {exc}")
+        ended = self.clock.now()
         self._shutdown()
-        self._finish(started)
+        with contextlib.suppress(TimeoutError):  # the line's own figures are read as it closes
+            await asyncio.wait_for(self.line.wait_closed(), timeout=5.0)
+        self._finish(started, ended)
         return record
 
     def _only_hangup_left(self) -> bool:
@@ -169,10 +190,12 @@ class Call:
         rest = self.script[self._step_index :]
         return bool(rest) and all(isinstance(step, ExpectHangup) for step in rest)
 
-    def _finish(self, started: float) -> None:
+    def _finish(self, started: float, ended: float | None = None) -> None:
         record = self.record
-        record.duration_s = round(self.clock.now() - started, 3)
+        record.duration_s = round((ended if ended is not None else self.clock.now()) - started, 3)
         record.discarded_audio_bytes = self.playout.discarded_bytes
+        for key, value in self.line.media_stats().items():
+            setattr(record, key, value)
         if self._turn is not None:
             self._close_turn("cut_off")
         self.env.emit("call_ended", record.to_json())
@@ -189,7 +212,7 @@ class Call:
             elif isinstance(step, Dtmf):
                 await self._finish_turn()
                 for digit in step.digits:
-                    self._send(self._stream().dtmf(digit))
+                    self.line.send_dtmf(digit)
                     self.record.dtmf_sent += digit
                     await self._wait_or_close(asyncio.sleep(step.interval))
             elif isinstance(step, Pause):
@@ -233,6 +256,9 @@ class Call:
         if barge_in:
             self._barge_in_at = speech_start
             self._pending_reaction_ms = None
+            # without clear, the reaction is the agent's audio stopping: measured only if it was playing
+            self._awaiting_silence = not self.line.has_clear and (
+                self.ear.open_stretch is not None or self.playout.queued_bytes > 0)
             self._close_turn("interrupted")
         speech_end = await self._wait_or_close(self._speech_sent)
         reaction = self._pending_reaction_ms
@@ -340,6 +366,7 @@ class Call:
         self.env.emit("turn", {"call_id": self.record.call_id, **turn.to_json()})
 
     def _on_audible(self, stretch: Audible, turn: TurnRecord | None = None) -> None:
+        self._last_audible_end = max(self._last_audible_end, stretch.end)
         turn = turn or self._turn
         if turn is None or stretch.start < turn.listen_from - 1e-9:
             return  # audio of a turn already judged (e.g. the agent talking over the caller)
@@ -372,9 +399,7 @@ class Call:
 
     def tick(self, scheduled: float, now: float) -> None:
         """Every 20 ms: play what is due, send one frame, judge the open turn."""
-        stream = self.stream
-        ws = self.ws
-        if stream is None or ws is None or not ws.open:
+        if not self.line.is_open:
             return
         self._play(self.playout.advance(now))
         if self.playout.queued_bytes == 0:
@@ -386,8 +411,7 @@ class Call:
         else:
             payload = SILENCE_FRAME_B64
             first = False
-        timestamp_ms = round((scheduled - self._stream_start) * 1000)
-        ws.send_text(stream.media_b64(payload, timestamp_ms))
+        self.line.send_frame(payload, scheduled)
         sent = self.clock.now()
         self.record.frames_sent += 1
         lateness_ms = (sent - scheduled) * 1000
@@ -401,6 +425,8 @@ class Call:
         for stretch in self.ear.close_before(now):
             self._on_audible(stretch)
         self._peek_open_stretch()
+        if self._awaiting_silence and self.ear.open_stretch is None and self.playout.queued_bytes == 0:
+            self._agent_fell_silent()
         self._check_turn(now)
 
     def _play(self, events: list[Any]) -> None:
@@ -412,7 +438,7 @@ class Call:
                 for item in heard:
                     self._on_heard(item)
             elif isinstance(event, MarkReached):
-                self._send(self._stream().mark(event.name))
+                self.line.echo_mark(event.name)
                 self.record.marks_echoed += 1
         self._peek_open_stretch()
 
@@ -425,30 +451,24 @@ class Call:
             self._note_first_audio(turn, stretch.start)
             turn.last_audio_end = stretch.end
 
-    # --- websocket ----------------------------------------------------------------------------------------------------
+    # --- what the line reports (harness.line.LineEvents) ------------------------------------------------------------
 
-    def _on_message(self, message: str | bytes) -> None:
-        stream = self.stream
-        if stream is None:
-            return
-        now = self.clock.now()
-        if isinstance(message, str):
-            payload = stream.agent_audio(message)
-            if payload is not None:
-                self.playout.enqueue_audio(payload, now)
-                return
-        for event in stream.receive(message):
-            if isinstance(event, AgentMedia):
-                self.playout.enqueue_audio(event.payload, now)
-            elif isinstance(event, AgentMark):
-                self.playout.enqueue_mark(event.name, now)
-            elif isinstance(event, AgentClear):
-                self._on_clear(now)
-            elif isinstance(event, ProtocolError):
-                self._protocol_problem(f"protocol error: {event.reason}")
-            elif isinstance(event, UnexpectedMessage):
-                self.record.unexpected_messages += 1
-                self._protocol_problem(f"unexpected message event {event.event!r}")
+    def on_agent_audio(self, mulaw: bytes, now: float) -> None:
+        self.playout.enqueue_audio(mulaw, now)
+
+    def on_agent_mark(self, name: str, now: float) -> None:
+        self.playout.enqueue_mark(name, now)
+
+    def on_agent_clear(self, now: float) -> None:
+        self._on_clear(now)
+
+    def on_protocol_problem(self, text: str, *, unexpected_message: bool = False) -> None:
+        if unexpected_message:
+            self.record.unexpected_messages += 1
+        self._protocol_problem(text)
+
+    def on_closed(self, closed: Closed) -> None:
+        self._on_closed(closed)
 
     def _on_clear(self, now: float) -> None:
         self.record.clears += 1
@@ -474,8 +494,30 @@ class Call:
                 target.stray_clears += 1
             self.env.emit("stray_clear", {"call_id": self.record.call_id, "at": now})
         for name in result.marks:
-            self._send(self._stream().mark(name))
+            self.line.echo_mark(name)
             self.record.marks_echoed += 1
+
+    def _play_out_the_rest(self) -> None:
+        """The far end hung up: the audio already on the caller's device still plays, and is heard to its end."""
+        ends_at = self.playout.ends_at
+        if ends_at is not None:
+            self._play(self.playout.advance(max(ends_at, self.clock.now())))
+        closed, heard = self.ear.flush()
+        for stretch in closed:
+            self._on_audible(stretch)
+        for item in heard:
+            self._on_heard(item)
+
+    def _agent_fell_silent(self) -> None:
+        """A line without ``clear``: the agent's audio has stopped since the barge-in began (or never played)."""
+        self._awaiting_silence = False
+        if self._barge_in_at is None or not self._barge_in_reaction_pending():
+            return
+        reaction = round(max(0.0, self._last_audible_end - self._barge_in_at) * 1000, 1)
+        if self._turn is not None and self._turn.barge_in:
+            self._turn.barge_in_reaction_ms = reaction
+        else:
+            self._pending_reaction_ms = reaction
 
     def _barge_in_reaction_pending(self) -> bool:
         turn = self._turn
@@ -494,16 +536,10 @@ class Call:
         self.record.close_code = closed.code
         self.record.close_reason = closed.reason
         self.env.pacer.remove(self)
+        if self.line.plays_out_on_close:
+            self._play_out_the_rest()
         if not self._closed.done():
             self._closed.set_result(closed)
-
-    def _stream(self) -> CallerStream:
-        assert self.stream is not None
-        return self.stream
-
-    def _send(self, message: str) -> None:
-        if self.ws is not None:
-            self.ws.send_text(message)
 
     async def _wait_or_close(self, awaitable: Any, *, timeout: float | None = None, allow_timeout: bool = False) -> Any:
         """Await ``awaitable`` unless the websocket closes first (then :class:`CallEnded`)."""
@@ -527,75 +563,20 @@ class Call:
 
     async def _connect(self) -> bool:
         record = self.record
-        dial = self.dial
         started = self.clock.now()
-        url = dial.websocket_url
-        parameters = dict(dial.parameters)
-        if dial.webhook_url is not None:
-            instruction = await self._post_webhook(dial)
-            if instruction is None:
-                return False
-            url = instruction.url
-            parameters.update(instruction.parameters)
-        assert url is not None
-        if dial.media_via:
-            url = urlsplit(url)._replace(netloc=dial.media_via).geturl()
-        self.stream = CallerStream(self.env.account_sid, record.call_sid, record.stream_sid, parameters)
         try:
-            self.ws = await connect(url, self._on_message, self._on_closed, timeout=self.limits.connect_timeout)
-        except WebSocketConnectError as exc:
-            if exc.status in (429, 503):
-                self._end(Outcome.REJECTED, f"media stream refused: {exc.reason}")
-            else:
-                self._end(Outcome.FAILED_TO_CONNECT, f"media stream: {exc}")
+            url = await self.line.connect(self, self.limits.connect_timeout)
+        except LineRefused as refused:
+            self._end(refused.outcome, refused.reason)
             return False
         record.connect_ms = round((self.clock.now() - started) * 1000, 1)
-        self._send(self.stream.connected())
-        self._send(self.stream.start())
+        if self.line.platform_call_sid:
+            record.call_sid = self.line.platform_call_sid
         self._start_sent_at = self.clock.now()
-        first_frame = self.env.pacer.add(self)
-        # media timestamps count from the stream start; the first paced frame is stamped 20 ms
-        self._stream_start = first_frame - FRAME_S
-        self.env.emit("call_connected", {"call_id": record.call_id, "url": url, "connect_ms": record.connect_ms})
+        self.line.start_media(self.env.pacer.add(self))
+        self.env.emit("call_connected", {"call_id": record.call_id, "url": url, "connect_ms": record.connect_ms,
+                                         "transport": record.transport})
         return True
-
-    async def _post_webhook(self, dial: Dial) -> ConnectStream | None:
-        assert dial.webhook_url is not None
-        request = build_voice_webhook(
-            dial.webhook_url, dial.auth_token, call_sid=self.record.call_sid, account_sid=self.env.account_sid,
-            from_number=dial.from_number, to_number=dial.to_number)
-        try:
-            timeout = aiohttp.ClientTimeout(total=self.limits.connect_timeout)
-            async with self.env.http.post(request.url, data=request.body, headers=request.headers,
-                                          timeout=timeout) as response:
-                text = await response.text()
-                if response.status != 200:
-                    outcome = Outcome.REJECTED if response.status in (429, 503) else Outcome.FAILED_TO_CONNECT
-                    self._end(outcome, f"voice webhook answered HTTP {response.status}: {text[:200].strip()}")
-                    return None
-        except aiohttp.ClientConnectorError as exc:
-            why = exc.os_error.strerror or str(exc.os_error)
-            self._end(Outcome.FAILED_TO_CONNECT, f"voice webhook {dial.webhook_url}: cannot connect ({why})")
-            return None
-        except TimeoutError:
-            self._end(Outcome.FAILED_TO_CONNECT, f"voice webhook {dial.webhook_url}: no answer within "
-                                                 f"{self.limits.connect_timeout:g} s")
-            return None
-        except (aiohttp.ClientError, OSError) as exc:
-            self._end(Outcome.FAILED_TO_CONNECT, f"voice webhook {dial.webhook_url}: {type(exc).__name__}: {exc}")
-            return None
-        try:
-            instruction = parse_twiml(text)
-        except TwimlError as exc:
-            self._end(Outcome.FAILED_TO_CONNECT, f"voice webhook returned unusable TwiML: {exc}")
-            return None
-        if isinstance(instruction, Reject):
-            self._end(Outcome.REJECTED, f"<Reject reason={instruction.reason!r}>")
-            return None
-        if isinstance(instruction, Hangup):
-            self._end(Outcome.REJECTED, "<Hangup> before any stream")
-            return None
-        return instruction
 
     def _end(self, outcome: Outcome, reason: str) -> None:
         if self.record.outcome is None:
@@ -615,12 +596,7 @@ class Call:
             self._end(Outcome.DROPPED, f"the platform ended the stream during script step {step}: {how}")
 
     def _shutdown(self) -> None:
-        """Hang up: ``stop`` then a normal close, as Twilio does when the caller puts the phone down."""
+        """Hang up (the line's way: Twilio's ``stop`` and a close, or closing the peer connection)."""
         self._hanging_up = True
         self.env.pacer.remove(self)
-        ws = self.ws
-        if ws is not None and ws.open and self.stream is not None and self.stream.is_open:
-            ws.send_text(self.stream.stop())
-            ws.close(1000, "call ended")
-        elif ws is not None:
-            ws.abort()
+        self.line.hang_up()

@@ -88,6 +88,20 @@ class CallRecord:
     close_reason: str = ""
     send_lateness_max_ms: float = 0.0
     discarded_audio_bytes: int = 0
+    #: how the call was placed (``twilio`` or ``webrtc``) and the scenario's caller group it belongs to
+    transport: str = "twilio"
+    group: str = "twilio"
+    #: WebRTC receiver: agent audio lost on the way and concealed as silence, and packets that came too late to play
+    #: (a websocket loses nothing: 0 on Twilio)
+    concealed_ms: float = 0.0
+    late_frames: int = 0
+    #: WebRTC receiver: times the playout ran dry (a stall heard as silence), and its playout delay at the end
+    playout_underruns: int = 0
+    playout_delay_ms: float | None = None
+    #: WebRTC receiver's RTCP figures for the agent's stream (None on Twilio: TCP has no packet sequence)
+    rtp_packets_received: int | None = None
+    rtp_packets_lost: int | None = None
+    rtp_jitter_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

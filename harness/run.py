@@ -100,10 +100,10 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
     gc_watch = GcWatch()
     finished = False
     try:
-        dial = await session.open()
+        dials = await session.open()
         session.start_load()
         with gc_watch:
-            interrupted = await _place_calls(scenario, dial, calls_total, clock, pacer, rng, session.emit, done, out)
+            interrupted = await _place_calls(scenario, dials, calls_total, clock, pacer, rng, session.emit, done, out)
         finished = True
     finally:
         # whatever happened, what was recorded is written (a failed start still leaves its summary.json)
@@ -117,7 +117,7 @@ async def run_scenario(scenario: Scenario, scenario_path: Path, *, runs_dir: Pat
     return RunResult(run_dir=session.run_dir, summary=summary, calls=done)
 
 
-async def _place_calls(scenario: Scenario, dial: Dial, calls_total: int, clock: MonotonicClock, pacer: Pacer,
+async def _place_calls(scenario: Scenario, dials: list[Dial], calls_total: int, clock: MonotonicClock, pacer: Pacer,
                        rng: Random, emit: EventSink, done: list[CallRecord], out: TextIO) -> str:
     """Start calls at the arrival rate, bounded by concurrency and the run's duration. Returns why it stopped early
     ('' when every call ran)."""
@@ -148,6 +148,7 @@ async def _place_calls(scenario: Scenario, dial: Dial, calls_total: int, clock: 
 
         async def one_call(call_id: int) -> CallRecord:
             async with concurrency:
+                dial = dials[callers.group_of(call_id)]
                 call = Call(env, call_id, scenario.script, scenario.limits, dial)
                 active.add(call)
                 try:

@@ -64,20 +64,52 @@ class WebSocketTarget(Model):
     parameters: dict[str, str] = Field(default_factory=dict, description="sent as start.customParameters")
 
 
+class WebRtcTarget(Model):
+    """WebRTC signalling: the URL the caller POSTs its SDP offer to (``{"sdp", "type"}``, answered the same way; the
+    shape of Pipecat's SmallWebRTC ``/api/offer``)."""
+
+    url: str
+
+
 class Target(Model):
     embedded: EmbeddedTarget | None = None
     webhook: WebhookTarget | None = None
     websocket: WebSocketTarget | None = None
+    webrtc: WebRtcTarget | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> Target:
-        chosen = [name for name in ("embedded", "webhook", "websocket") if getattr(self, name) is not None]
-        if len(chosen) != 1:
-            raise ValueError(f"choose exactly one of embedded, webhook, websocket (got {chosen or 'none'})")
+    def _one_per_transport(self) -> Target:
+        chosen = [name for name in ("embedded", "webhook", "websocket", "webrtc") if getattr(self, name) is not None]
+        phone = [name for name in ("webhook", "websocket") if name in chosen]
+        if not chosen:
+            raise ValueError("choose embedded, or a phone target (webhook or websocket) and/or webrtc (got none)")
+        if self.embedded is not None and len(chosen) > 1:
+            raise ValueError(f"embedded answers every transport itself: give it alone (got {chosen})")
+        if len(phone) > 1:
+            raise ValueError(f"choose one of webhook, websocket for the phone callers (got {phone})")
         return self
+
+    def serves(self, transport: str) -> bool:
+        if self.embedded is not None:
+            return True
+        if transport == "webrtc":
+            return self.webrtc is not None
+        return self.webhook is not None or self.websocket is not None
 
 
 # --- callers ----------------------------------------------------------------------------------------------------------
+
+
+Transport = Literal["twilio", "webrtc"]
+
+
+class CallerGroup(Model):
+    """Callers that share a transport. Calls are dealt to groups in proportion to their weights, interleaved
+    (weights 1 and 1: twilio, webrtc, twilio, webrtc...), so every group sees the same moments of the run."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    transport: Transport = "twilio"
+    weight: int = Field(1, ge=1, le=1000)
 
 
 class Callers(Model):
@@ -86,6 +118,32 @@ class Callers(Model):
     arrival_rate: float = Field(5.0, gt=0, le=1000, description="new calls per second")
     from_number: str = "+15005550006"
     to_number: str = "+15005550001"
+    transport: Transport = Field("twilio", description="how every caller calls, when there are no groups")
+    groups: list[CallerGroup] = Field(default_factory=list, description="callers by transport, e.g. half on the "
+                                                                        "phone and half over WebRTC")
+
+    @model_validator(mode="after")
+    def _groups_are_distinct(self) -> Callers:
+        names = [group.name for group in self.groups]
+        for name in set(names):
+            if names.count(name) > 1:
+                raise ValueError(f"groups: the name {name!r} is used twice")
+        return self
+
+    def caller_groups(self) -> list[CallerGroup]:
+        return self.groups or [CallerGroup(name=self.transport, transport=self.transport)]
+
+    def group_of(self, call_id: int) -> int:
+        """Which group call ``call_id`` belongs to: smooth weighted round robin (the same every run)."""
+        weights = [group.weight for group in self.caller_groups()]
+        total = sum(weights)
+        current = [0] * len(weights)
+        chosen = 0
+        for _ in range(call_id % total + 1):
+            current = [c + w for c, w in zip(current, weights, strict=True)]
+            chosen = max(range(len(weights)), key=lambda i: current[i])
+            current[chosen] -= total
+        return chosen
 
 
 # --- script (the method) ----------------------------------------------------------------------------------------------
@@ -308,7 +366,11 @@ class Scenario(Model):
             if name not in DEPENDENCIES:
                 raise ValueError(f"chaos.dependencies: unknown dependency {name!r}; one of {', '.join(DEPENDENCIES)}")
         for index, fault in enumerate(self.faults):
-            if self.target.embedded is None:
+            if fault.impairment is not None and not any(
+                    g.transport == "webrtc" for g in self.callers.caller_groups()):
+                raise ValueError(f"faults[{index}].impairment: it acts on WebRTC callers' media, and this scenario "
+                                 "has none (callers.transport or callers.groups)")
+            if self.target.embedded is None and fault.impairment is None:
                 ref = self.chaos.dependencies.get(fault.target)
                 if ref is None:
                     raise ValueError(f"faults[{index}].target: {fault.target!r} is not in chaos.dependencies (the "
@@ -327,6 +389,22 @@ class Scenario(Model):
         if self.load is not None and self.load.total_s > self.limits.duration:
             raise ValueError(f"load: the {self.load.shape} shape lasts {self.load.total_s:g} s, longer than the run "
                              f"(limits.duration {self.limits.duration:g} s)")
+        return self
+
+    @model_validator(mode="after")
+    def _callers_have_a_way_in(self) -> Scenario:
+        for index, group in enumerate(self.callers.groups or [None]):
+            transport = group.transport if group is not None else self.callers.transport
+            where = f"callers.groups[{index}].transport" if group is not None else "callers.transport"
+            if not self.target.serves(transport):
+                need = ("target.webrtc (the offer URL)" if transport == "webrtc"
+                        else "target.webhook or target.websocket")
+                raise ValueError(f"{where}: {transport} callers need {need}, or the embedded target")
+            if transport == "webrtc":
+                for step_index, step in enumerate(self.script):
+                    if isinstance(step, Dtmf):
+                        raise ValueError(f"script[{step_index}]: dtmf cannot be sent over WebRTC (aiortc has no "
+                                         f"RFC 4733 events), and {where} is webrtc")
         return self
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ import aiohttp
 
 from harness.caller import Dial
 from harness.chaos.effects import fault_effects
-from harness.chaos.faults import Fault, FaultAction, ProviderFaultAction, ProxyDownAction, ToxicAction
+from harness.chaos.faults import Fault, FaultAction, ImpairmentAction, ProviderFaultAction, ProxyDownAction, ToxicAction
 from harness.chaos.probes import CounterProbe
 from harness.chaos.timeline import Timeline
 from harness.chaos.toxiproxy_client import ToxicSpec, ToxiproxyClient
@@ -35,6 +35,7 @@ from harness.stack import EmbeddedStack, StackEndpoints, StackError
 from harness.stallwatch import StallWatch
 from harness.storage import StorageClient, StorageEndpoint, StorageError, is_complete
 from harness.summary import summarize
+from harness.webrtc.leg import CallerLeg
 
 
 def new_run_dir(base: Path, name: str) -> Path:
@@ -48,7 +49,28 @@ def new_run_dir(base: Path, name: str) -> Path:
     return run_dir
 
 
+def resolve_dials(scenario: Scenario, endpoints: StackEndpoints | None, *, allow_remote: bool,
+                  caller_leg: CallerLeg | None = None) -> list[Dial]:
+    """One dial per caller group (``Scenario.callers.group_of`` says which call uses which)."""
+    dials = []
+    for group in scenario.callers.caller_groups():
+        if group.transport == "webrtc":
+            if scenario.target.embedded is not None:
+                assert endpoints is not None
+                url = endpoints.webrtc_offer_url
+            else:
+                assert scenario.target.webrtc is not None
+                url = scenario.target.webrtc.url
+                check_target(url, allow_remote=allow_remote, what="target.webrtc.url")
+            dials.append(Dial(transport="webrtc", offer_url=url, relay=caller_leg, group=group.name))
+        else:
+            dial = resolve_dial(scenario, endpoints, allow_remote=allow_remote)
+            dials.append(Dial(**{**dial.__dict__, "group": group.name}))
+    return dials
+
+
 def resolve_dial(scenario: Scenario, endpoints: StackEndpoints | None, *, allow_remote: bool) -> Dial:
+    """The phone callers' dial (Twilio)."""
     callers = scenario.callers
     target = scenario.target
     if target.embedded is not None:
@@ -70,10 +92,12 @@ class FaultPlumbing:
     """Where the faults of a run go: the Toxiproxy server, the proxy in front of each dependency, and the control
     API of the fake behind it."""
 
-    toxiproxy: ToxiproxyClient
+    toxiproxy: ToxiproxyClient | None
     proxies: dict[str, str]
     controls: dict[str, str | None]
     metrics_url: str | None
+    #: the WebRTC callers' own network (impairment faults), when the run has WebRTC callers
+    caller_leg: CallerLeg | None = None
 
 
 def fault_plumbing(scenario: Scenario, endpoints: StackEndpoints | None, stack: EmbeddedStack | None, *,
@@ -85,6 +109,9 @@ def fault_plumbing(scenario: Scenario, endpoints: StackEndpoints | None, stack: 
                              {k: d.control_url for k, d in deps.items()}, f"{endpoints.runtime_url}/metrics")
     chaos = scenario.chaos
     url = chaos.toxiproxy_url or os.environ.get("TOXIPROXY_URL", "").strip()
+    if not url and all(fault.impairment is not None for fault in scenario.faults):
+        # impairments act in the harness's own relay: no Toxiproxy needed
+        return FaultPlumbing(None, {}, {}, chaos.runtime_metrics_url)
     if not url:
         raise ScenarioError("scenario", [("chaos.toxiproxy_url", "faults on this target need a Toxiproxy server: "
                                                                    "set chaos.toxiproxy_url or TOXIPROXY_URL")])
@@ -109,6 +136,11 @@ def _stats_urls(controls: dict[str, str | None]) -> dict[str, str]:
 
 
 def fault_action(index: int, fault: Fault, plumbing: FaultPlumbing, http: aiohttp.ClientSession) -> FaultAction:
+    if fault.impairment is not None:
+        if plumbing.caller_leg is None:
+            raise RuntimeError(f"fault {fault.label!r}: no WebRTC callers of this process to impair (only "
+                               "`voicechaos run` places calls through the impairment relay)")
+        return ImpairmentAction(plumbing.caller_leg, fault.impairment)
     proxy = plumbing.proxies.get(fault.target)
     if proxy is None:
         raise RuntimeError(f"fault {fault.label!r}: no proxy in front of {fault.target!r}")
@@ -117,12 +149,14 @@ def fault_action(index: int, fault: Fault, plumbing: FaultPlumbing, http: aiohtt
         # a name per fault: two faults of one type on one proxy must not collide, nor remove each other
         spec = ToxicSpec(type=toxic.type, stream=toxic.stream, toxicity=toxic.toxicity,
                          attributes=dict(toxic.attributes), name=f"{toxic.type}_{toxic.stream}_fault{index}")
+        assert plumbing.toxiproxy is not None
         return ToxicAction(plumbing.toxiproxy, proxy, spec)
     if fault.provider is not None:
         control = plumbing.controls.get(fault.target)
         if control is None:
             raise RuntimeError(f"fault {fault.label!r}: {fault.target} has no control API")
         return ProviderFaultAction(http, control, fault.provider)
+    assert plumbing.toxiproxy is not None
     return ProxyDownAction(plumbing.toxiproxy, proxy)
 
 
@@ -185,7 +219,8 @@ class RunSession:
 
     def __init__(self, scenario: Scenario, scenario_path: Path, *, runs_dir: Path, allow_remote: bool,
                  out: TextIO, calls_planned: int, clock: MonotonicClock | None = None,
-                 mode: str = "run", faults_on_demand: bool = False, run_dir: Path | None = None) -> None:
+                 mode: str = "run", faults_on_demand: bool = False, run_dir: Path | None = None,
+                 callers_here: bool = True) -> None:
         self.scenario = scenario
         self.scenario_path = scenario_path
         self.runs_dir = runs_dir
@@ -196,13 +231,18 @@ class RunSession:
         self.mode = mode
         #: the Locust UI's Chaos tab applies faults during the run: wire the fault plumbing even without a timeline
         self.faults_on_demand = faults_on_demand
+        #: whether this process places the calls (``voicechaos run``) or Locust's processes do; the WebRTC callers'
+        #: impairment relay can only sit in the process that places the calls
+        self.callers_here = callers_here
         self.cpu_start = time.process_time()
         self.run_dir: Path | None = None
         self._given_run_dir = run_dir  # a launcher that writes its own files beside the run's names it
         self.events: EventLog | None = None
         self.stack: EmbeddedStack | None = None
         self.endpoints: StackEndpoints | None = None
-        self.dial: Dial | None = None
+        self.dials: list[Dial] = []
+        #: the WebRTC callers' network: one impairment relay per call, when a fault may impair it
+        self.caller_leg: CallerLeg | None = None
         self.plumbing: FaultPlumbing | None = None
         self.storage: StorageEndpoint | None = None
         self.timeline: Timeline | None = None
@@ -224,12 +264,20 @@ class RunSession:
         assert self._control_http is not None
         return self._control_http
 
-    async def open(self) -> Dial:
+    async def open(self) -> list[Dial]:
         """Check the target, create the run folder, start the embedded stack and wire the faults. An unsafe target is
-        refused before anything is created or started."""
+        refused before anything is created or started. Returns one dial per caller group."""
         scenario = self.scenario
+        impaired = [i for i, f in enumerate(scenario.faults) if f.impairment is not None]
+        if impaired and not self.callers_here:
+            raise ScenarioError(str(self.scenario_path), [(f"faults[{impaired[0]}].impairment", "impairing the WebRTC "
+                                "callers' media needs the relay in the process that places the calls: use "
+                                "`voicechaos run` (Locust's processes call over a clean path)")])
+        if self.callers_here and (impaired or (
+                self.faults_on_demand and any(g.transport == "webrtc" for g in scenario.callers.caller_groups()))):
+            self.caller_leg = CallerLeg(seed=scenario.seed)
         if scenario.target.embedded is None:
-            self.dial = resolve_dial(scenario, None, allow_remote=self.allow_remote)
+            self.dials = resolve_dials(scenario, None, allow_remote=self.allow_remote, caller_leg=self.caller_leg)
             if scenario.faults or (self.faults_on_demand and scenario.chaos.dependencies):
                 self.plumbing = fault_plumbing(scenario, None, None, allow_remote=self.allow_remote)
             if scenario.chaos.storage_url:
@@ -260,7 +308,7 @@ class RunSession:
                            f"{', '.join(f'{k} {v}' for k, v in endpoints.providers.items())}\n")
             self.out.write(f"voicechaos: every dependency behind {endpoints.toxiproxy} at "
                            f"{endpoints.toxiproxy_url}\n")
-            self.dial = resolve_dial(scenario, endpoints, allow_remote=self.allow_remote)
+            self.dials = resolve_dials(scenario, endpoints, allow_remote=self.allow_remote, caller_leg=self.caller_leg)
             self.storage = endpoints.storage
             if scenario.faults or self.faults_on_demand:
                 self.plumbing = fault_plumbing(scenario, endpoints, self.stack, allow_remote=self.allow_remote)
@@ -270,8 +318,9 @@ class RunSession:
             assert self.plumbing is not None
             self.out.write(f"voicechaos: fault timeline: {len(scenario.faults)} faults "
                            f"({'; '.join(f'{f.label} at {f.at:g} s' for f in scenario.faults)})\n")
-        assert self.dial is not None
-        return self.dial
+        if self.plumbing is not None:
+            self.plumbing.caller_leg = self.caller_leg
+        return self.dials
 
     def _new_timeline(self) -> Timeline:
         scenario = self.scenario
@@ -343,6 +392,10 @@ class RunSession:
         if self.storage is not None and self.events is not None:
             recordings = await count_recordings(self.storage, calls, wait_s=scenario.limits.recordings_wait)
             self.emit("recordings_counted", recordings)
+        caller_leg = None
+        if self.caller_leg is not None:
+            caller_leg = self.caller_leg.stats()
+            await self.caller_leg.close()
         if self.stack is not None:
             stack_cpu = self.stack.cpu_seconds()
             await self.stack.stop()
@@ -363,6 +416,8 @@ class RunSession:
             summary["dependencies"] = {k: d.to_json() for k, d in self.endpoints.dependencies.items()}
         if recordings is not None:
             summary["recordings"] = recordings
+        if caller_leg is not None:
+            summary["caller_leg_webrtc"] = caller_leg  # what the impairment relays did to the packets, both ways
         if self.sampler is not None:
             summary["runtime_metrics"] = {**self.sampler.summary(), "figures": runtime_figures(self.sampler)}
         if self.stack is not None:

@@ -71,6 +71,11 @@ class StackEndpoints:
     storage: StorageEndpoint | None = None  # where the runtime's recordings go (listed directly, not via the proxy)
     media_via: str | None = None  # host:port of the caller leg's proxy: callers open their media streams there
 
+    @property
+    def webrtc_offer_url(self) -> str:
+        """Where WebRTC callers POST their offer (the runtime's signalling; their media is UDP, not proxied)."""
+        return f"{self.runtime_url}/webrtc/offer"
+
 #: the runtime's dependencies and the fake that serves each (the stack puts a proxy in front of every one)
 FAKE_OF = {"stt": "deepgram", "tts": "elevenlabs", "llm": "openai", "crm": "crm",
            # the fallbacks of safeguard 4, each of another API family than its primary, each behind its own proxy

@@ -5,6 +5,7 @@ Routes:
 - ``POST /voice``   Twilio voice webhook -> TwiML ``<Connect><Stream>`` (or ``<Reject reason="busy"/>`` when
   full)
 - ``GET /media``    Twilio Media Streams websocket, one :class:`~reference_runtime.call.Call` per connection
+- ``POST /webrtc/offer``  WebRTC offer/answer (Pipecat SmallWebRTC shape), one call per peer connection
 - ``GET /healthz``  liveness + active calls and capacity (JSON)
 - ``GET /readyz``   200 while accepting calls, 503 when full or draining (SIGTERM, or the memory safeguard)
 - ``GET /metrics``  Prometheus text from this app's own registry
@@ -25,10 +26,11 @@ import aiohttp
 from aiohttp import web
 
 from harness.clock import Clock, MonotonicClock
+from harness.webrtc.loopback import NonLoopbackCandidate, check_candidates
 from reference_runtime import signature, twiml
 from reference_runtime.admission import CLOSE_TRY_AGAIN_LATER, Admission
 from reference_runtime.audio_plan import AudioPlanner, plan_audio
-from reference_runtime.call import Call, CallServices, LinkClosed
+from reference_runtime.call import CLOSE_NORMAL, Call, CallServices, LinkClosed
 from reference_runtime.compat import ensure_compatible
 from reference_runtime.config import RuntimeConfig
 from reference_runtime.memory import EXIT_DRAINED, CallMemoryLedger, MemoryMonitor, ProcessProbe
@@ -37,12 +39,25 @@ from reference_runtime.providers import Providers, build_providers
 from reference_runtime.recording import RecordingSink, build_recording_sink
 from reference_runtime.spool import SpoolingRecordingSink
 from reference_runtime.tools import FillerPolicy, HttpToolRunner, StaticToolRunner, ToolRunner
+from reference_runtime.twilio_link import TwilioMediaLink
+from reference_runtime.webrtc import BadOffer, WebRtcLink, new_pc_id, parse_offer
 from reference_runtime.workflow import HttpWorkflowClient, LoggingWorkflowClient, WorkflowClient, WorkflowWorker
 
 log = logging.getLogger(__name__)
 
 #: RFC 6455 1001 "Going Away": the process is shutting down.
 CLOSE_GOING_AWAY = 1001
+#: how long shutdown waits for WebRTC calls to end once their peer connections are closed (hand-over included)
+WEBRTC_SHUTDOWN_WAIT_S = 5.0
+
+
+@dataclass
+class WebRtcCall:
+    """A call served over WebRTC: it runs as a task of its own (no request handler holds it open)."""
+
+    call_id: str
+    link: WebRtcLink
+    task: asyncio.Task[None]
 
 
 @dataclass
@@ -67,6 +82,8 @@ class Runtime:
     session: aiohttp.ClientSession | None = None
     calls: dict[str, Call] = field(default_factory=dict)
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    #: WebRTC calls in progress by ``pc_id`` (closed at shutdown like the sockets, and awaited)
+    webrtc: dict[str, WebRtcCall] = field(default_factory=dict)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     #: why the process stops (``signal`` or ``memory``), the exit code it asks for, and details for its last line
     stop_reason: str | None = None
@@ -162,6 +179,7 @@ def create_app(
     app[RUNTIME] = runtime
     app.router.add_post("/voice", voice_webhook)
     app.router.add_get("/media", media_stream)
+    app.router.add_post("/webrtc/offer", webrtc_offer)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -240,6 +258,15 @@ async def _close_calls(app: web.Application) -> None:
     for ws in list(runtime.sockets):
         with contextlib.suppress(ConnectionError, aiohttp.ClientError):
             await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
+    # WebRTC calls are tasks, not request handlers: aiohttp would not wait for them, and the providers' session
+    # closes after this. Closing their peer connections ends them; each then hands its recording over.
+    webrtc = list(runtime.webrtc.values())
+    await asyncio.gather(*(call.link.close(CLOSE_GOING_AWAY, "server shutting down") for call in webrtc))
+    if webrtc:
+        _, pending = await asyncio.wait([call.task for call in webrtc], timeout=WEBRTC_SHUTDOWN_WAIT_S)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 # --- the voice webhook (protocol section 1) -----------------------------------------------------------------
@@ -286,8 +313,9 @@ async def voice_webhook(request: web.Request) -> web.Response:
 # --- the media stream (protocol sections 2-4) ---------------------------------------------------------------
 
 
-class AiohttpTwilioLink:
-    """The call's :class:`~reference_runtime.call.TwilioLink` over an aiohttp websocket (sends serialised)."""
+class AiohttpTextSocket:
+    """The :class:`~reference_runtime.twilio_link.TextSocket` of a Twilio call over an aiohttp websocket (sends
+    serialised)."""
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self._ws = ws
@@ -333,13 +361,85 @@ async def media_stream(request: web.Request) -> web.WebSocketResponse:
         return ws
     runtime.sockets.add(ws)
     try:
-        call = runtime.calls[call_id] = Call(call_id, AiohttpTwilioLink(ws), runtime.services())
-        await call.run(_texts(ws))
+        link = TwilioMediaLink(AiohttpTextSocket(ws))
+        call = runtime.calls[call_id] = Call(call_id, link, runtime.services())
+        await call.run(link.events(_texts(ws)))
     finally:
         runtime.calls.pop(call_id, None)
         runtime.sockets.discard(ws)
         runtime.admission.release(call_id)
     return ws
+
+
+# --- WebRTC (reference_runtime/webrtc.py) -------------------------------------------------------------------
+
+
+def _refusal(status: int, error: str) -> web.Response:
+    return web.json_response({"error": error}, status=status)
+
+
+async def webrtc_offer(request: web.Request) -> web.Response:
+    """``POST /webrtc/offer``: a WebRTC call, in the shape of Pipecat's SmallWebRTC transport.
+
+    Request ``{"sdp": str, "type": "offer", "pc_id"?: str | null, "restart_pc"?: bool | null}``; answer 200
+    ``{"sdp": str, "type": "answer", "pc_id": str}`` once the answer is ready (every candidate in it on
+    127.0.0.1); the call then runs on its own until either side hangs up. The ``pc_id`` is new for every call (it
+    is the call sid of the recording); an unknown ``pc_id`` in the request is ignored.
+
+    Refused with a JSON ``{"error": ...}`` naming what is wrong:
+
+    - 400: the body is not JSON, not an object, ``sdp`` missing or empty, ``type`` not ``offer``, no audio m-line,
+      a candidate outside loopback (named), an SDP aiortc cannot use;
+    - 400: ``restart_pc: true`` or the ``pc_id`` of a call in progress: restarting or renegotiating a peer
+      connection is not supported (send a new offer without ``pc_id``);
+    - 503: admission refused it, exactly as ``/media`` (``"at capacity"`` or ``"draining"``; counted as
+      ``refused_*`` in the calls metric).
+    """
+    runtime = request.app[RUNTIME]
+    try:
+        body = json.loads(await request.text())
+    except ValueError as error:
+        return _refusal(400, f"the body is not JSON: {error}")
+    try:
+        offer = parse_offer(body)
+        check_candidates(offer.sdp, what="the offer")
+    except (BadOffer, NonLoopbackCandidate) as error:
+        return _refusal(400, str(error))
+    if offer.restart_pc:
+        return _refusal(400, "restart_pc is not supported: this runtime does not restart a peer connection; "
+                             "send a new offer without pc_id")
+    if offer.pc_id is not None and offer.pc_id in runtime.webrtc:
+        return _refusal(400, f"pc_id {offer.pc_id} is in a call: renegotiation is not supported")
+    call_id = runtime.next_call_id()
+    refused = runtime.admission.admit(call_id)
+    if refused is not None:
+        runtime.metrics.calls.labels(outcome=f"refused_{refused.reason.replace(' ', '_')}").inc()
+        log.info("webrtc offer %s refused: %s", call_id, refused.reason)
+        return _refusal(503, refused.reason)
+    pc_id = new_pc_id()
+    link = WebRtcLink(pc_id)
+    try:
+        answer = await link.answer(offer.sdp)
+    except Exception as error:  # aiortc refuses the SDP (ValueError, InvalidAccessError...): the caller's fault
+        log.warning("webrtc offer %s: cannot answer: %s: %s", call_id, type(error).__name__, error)
+        await link.close(CLOSE_NORMAL, "offer refused")
+        runtime.admission.release(call_id)
+        return _refusal(400, f"cannot answer the offer: {type(error).__name__}: {error}")
+    call = runtime.calls[call_id] = Call(call_id, link, runtime.services())
+    task = asyncio.create_task(_serve_webrtc_call(runtime, call_id, call, link), name=f"{call_id}-webrtc")
+    runtime.webrtc[pc_id] = WebRtcCall(call_id, link, task)
+    log.info("webrtc offer %s: answered as %s", call_id, pc_id)
+    return web.json_response({"sdp": answer, "type": "answer", "pc_id": pc_id})
+
+
+async def _serve_webrtc_call(runtime: Runtime, call_id: str, call: Call, link: WebRtcLink) -> None:
+    try:
+        await call.run(link.events())
+    finally:
+        await link.close(CLOSE_NORMAL, "call ended")  # no-op when the call or the caller closed it already
+        runtime.calls.pop(call_id, None)
+        runtime.webrtc.pop(link.pc_id, None)
+        runtime.admission.release(call_id)
 
 
 # --- operations ---------------------------------------------------------------------------------------------

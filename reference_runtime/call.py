@@ -1,19 +1,25 @@
-"""One phone call through the runtime: Twilio media in, a conversation, Twilio media out.
+"""One call through the runtime: caller media in, a conversation, agent media out.
 
 The :class:`Call` is the thin asyncio adapter that wires the sans-I/O parts together:
 
-    Twilio media --decode--> VAD (barge-in)                               (caller audio, telephony format)
+    caller media --decode--> VAD (barge-in)                               (caller audio, telephony format)
                  --transcode--> STT stream --> Endpointer --> caller turn (STT format)
     caller turn --> Dialog --> LLM (streamed) --> SentenceSplitter --> TTS --> transcode --> media + mark
 
-Concurrency: the inbound loop (:meth:`run`) reads Twilio messages; one task reads STT results; at most one
+The call does not know its transport. It is fed typed events (reference_runtime/media_stream.py: ``start``,
+media, mark echoes, DTMF, ``stop``) and speaks through a :class:`CallLink` of typed operations (media bytes in
+the plan's telephony format, marks, clear, close). The Twilio Media Streams adapter (reference_runtime/twilio_link.py)
+turns those into protocol messages and back; the WebRTC one (reference_runtime/webrtc.py) into an audio track and
+mark echoes from its playout.
+
+Concurrency: the inbound loop (:meth:`run`) reads the transport's events; one task reads STT results; at most one
 *response* task (greeting, reply or goodbye) speaks at a time. A new caller turn or a barge-in cancels the
 response in flight (its LLM and TTS requests are dropped with it).
 
-Hang-up: Twilio's ``stop`` or the socket closing ends the call from the caller's side; the dialog ends it from
-ours (goodbye spoken, last mark echoed, then the websocket is closed: that is how a ``<Connect><Stream>``
-runtime hangs up). At the end the call hands its recording to the :class:`RecordingSink` *before* its slot is
-freed.
+Hang-up: ``stop`` (Twilio's message, or the WebRTC peer leaving) or the link closing ends the call from the
+caller's side; the dialog ends it from ours (goodbye spoken, last mark echoed, then the link is closed: that is
+how a ``<Connect><Stream>`` runtime hangs up, and a WebRTC runtime closes its peer connection). At the end the
+call hands its recording to the :class:`RecordingSink` *before* its slot is freed.
 
 Per-call buffers (the two recording tracks, resampler state, the dialog) live on this object and are dropped
 when :meth:`run` returns.
@@ -48,9 +54,9 @@ from reference_runtime.endpointing import CallerTurn, Endpointer
 from reference_runtime.media_stream import (
     Connected,
     DtmfReceived,
+    Event,
     MarkEchoed,
     MediaReceived,
-    MediaStreamProtocol,
     ProtocolError,
     StreamStarted,
     StreamStopped,
@@ -80,7 +86,7 @@ log = logging.getLogger(__name__)
 FRAME_S = 0.04
 #: a stream that has not sent ``start`` by then is closed.
 START_TIMEOUT_S = 10.0
-#: RFC 6455 close codes used toward Twilio.
+#: RFC 6455 close codes used toward Twilio (a WebRTC link logs them with the reason: a peer connection has none).
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
@@ -98,20 +104,31 @@ def tool_failed(result: ToolResult) -> bool:
 
 
 class LinkClosed(ConnectionError):
-    """The Twilio websocket is gone (the caller hung up while we were talking)."""
+    """The call's transport is gone (the caller hung up while we were talking)."""
 
 
-class TwilioLink(Protocol):
-    """The server's side of the media websocket, as the call needs it (the app adapts aiohttp's websocket)."""
+class CallLink(Protocol):
+    """The call's transport toward the caller, as the call needs it.
+
+    Audio is bytes in the plan's telephony format (:class:`~reference_runtime.audio_plan.AudioPlan`): the link
+    carries them as its line carries audio and does not convert them. Marks follow the playout contract of
+    Twilio Media Streams (protocol section 4), whatever the transport: a mark is echoed (a
+    :class:`~reference_runtime.media_stream.MarkEchoed` event) once every byte sent before it has played, and
+    ``clear`` drops the queued audio and echoes every pending mark. The send operations raise :class:`LinkClosed`
+    when the transport is gone."""
 
     @property
     def closed(self) -> bool: ...
 
-    async def send(self, text: str) -> None:
-        """Send one text frame; raises :class:`LinkClosed` if the socket is gone."""
-        ...
+    async def send_media(self, audio: bytes) -> None: ...
 
-    async def close(self, code: int, reason: str) -> None: ...
+    async def send_mark(self, name: str) -> None: ...
+
+    async def clear(self) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Hang up (``code`` is an RFC 6455 close code; a transport without one logs it)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +152,10 @@ class CallServices:
 
 
 class Call:
-    def __init__(self, call_id: str, link: TwilioLink, services: CallServices) -> None:
+    def __init__(self, call_id: str, link: CallLink, services: CallServices) -> None:
         self.call_id = call_id
         self.link = link
         self.s = services
-        self.protocol = MediaStreamProtocol()
         self.dialog = Dialog(services.config.dialog)
         self.playout = Playout()
         self.endpointer = Endpointer()
@@ -179,12 +195,12 @@ class Call:
 
     # --- the inbound loop -----------------------------------------------------------------------------------
 
-    async def run(self, inbound: AsyncIterator[str]) -> str:
-        """Serve the call until either side hangs up; returns the outcome (also counted in the metrics)."""
+    async def run(self, inbound: AsyncIterator[Event]) -> str:
+        """Serve the call until either side hangs up (``stop``, or ``inbound`` ending when the link closes);
+        returns the outcome (also counted in the metrics)."""
         watchdog = asyncio.create_task(self._start_watchdog(), name=f"{self.call_id}-start-watchdog")
         try:
-            async for text in inbound:
-                event = self.protocol.receive(text)
+            async for event in inbound:
                 if isinstance(event, MediaReceived):
                     await self._on_media(event.payload)
                 elif isinstance(event, MarkEchoed):
@@ -318,7 +334,7 @@ class Call:
         log.info("call %s: barge-in, clearing %.2f s of queued audio", self.call_id, self.playout.queued_s)
         self.s.metrics.barge_ins.inc()
         if speaking:
-            await self.link.send(self.protocol.clear())
+            await self.link.clear()
             self.playout.cleared()
             self._played.set()
         await self._cancel_response()
@@ -488,8 +504,8 @@ class Call:
             self._spoken.append(sentence)
 
     async def _say(self, sentence: str) -> None:
-        """One sentence: TTS audio streamed to Twilio in 40 ms ``media`` messages as it arrives, then a
-        ``mark``."""
+        """One sentence: TTS audio streamed to the link in 40 ms pieces as it arrives (``media`` messages on
+        Twilio), then a ``mark``."""
         assert self.plan is not None
         plan = self.plan
         transcoder = Transcoder(plan.tts, plan.telephony)
@@ -507,7 +523,7 @@ class Call:
             await self._send_audio(bytes(pending[start : start + frame]))
         name = f"{self.call_id}-{next(self._response_ids)}"
         self.playout.mark_sent(name)
-        await self.link.send(self.protocol.mark(name))
+        await self.link.send_mark(name)
 
     async def _send_audio(self, audio: bytes) -> None:
         assert self.plan is not None
@@ -517,10 +533,10 @@ class Call:
         self._response_spoke = True
         self.playout.audio_sent(self.plan.telephony.duration(len(audio)))
         self._played.clear()
-        await self.link.send(self.protocol.media(audio))
+        await self.link.send_media(audio)
 
     async def _hang_up(self) -> None:
-        """Wait until the goodbye has played (its mark echoed), then close the socket: the runtime hangs up.
+        """Wait until the goodbye has played (its mark echoed), then close the link: the runtime hangs up.
         A caller that never echoes marks is given the queued audio's duration plus a margin."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._played.wait(), timeout=self.playout.queued_s + 3.0)
@@ -576,7 +592,7 @@ class Call:
         if self._failure is not None:
             self.outcome = self._failure
         if self._closing_link and self._response is not None:
-            # the response task is closing the socket itself (it hung up): let it finish
+            # the response task is closing the link itself (it hung up): let it finish
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._response), timeout=2.0)
         await self._cancel_response()

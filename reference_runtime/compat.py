@@ -222,6 +222,10 @@ _START_ENCODINGS = {
     "audio/pcma": "alaw",
     "audio/l16": "linear16",
     "audio/x-l16": "linear16",
+    # the encoding names of this runtime's own config, as the WebRTC link's synthesized ``start`` announces them
+    "linear16": "linear16",
+    "mulaw": "mulaw",
+    "alaw": "alaw",
 }
 
 

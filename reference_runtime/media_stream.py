@@ -5,6 +5,9 @@ server sends back. It never touches a socket: the call's adapter feeds it with :
 :meth:`media`, :meth:`mark` and :meth:`clear` return. Errors are returned as :class:`ProtocolError` events,
 never swallowed, so the adapter decides whether to hang up.
 
+The events are also the vocabulary of :meth:`reference_runtime.call.Call.run` whatever the transport: the WebRTC
+link (reference_runtime/webrtc.py) produces the same ones from its peer connection.
+
 Sections cited are those of ``shared/protocols/twilio-media-streams.md``:
 section 2 (what Twilio sends), section 3 (what the server sends), section 4 (playout: marks and clear).
 """
@@ -15,7 +18,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +32,10 @@ class Connected:
 @dataclass(frozen=True, slots=True)
 class StreamStarted:
     """``start`` (section 2): once, carries the ids, the custom ``<Parameter>`` values and the media
-    format."""
+    format.
+
+    The call's other transports synthesize it when their caller connects (reference_runtime/webrtc.py), with
+    ``transport`` saying which one carries the call: the audio plan chooses the line's format by it."""
 
     stream_sid: str
     call_sid: str
@@ -39,6 +45,7 @@ class StreamStarted:
     encoding: str
     sample_rate: int
     channels: int
+    transport: Literal["twilio", "webrtc"] = "twilio"
 
 
 @dataclass(frozen=True, slots=True)

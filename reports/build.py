@@ -14,6 +14,7 @@ from typing import Any
 
 from reports import history
 from reports.compare import compare
+from reports.groups import by_group
 from reports.html import Extras, render
 from reports.junit import write_junit
 from reports.metrics import fault_windows, judge, targets_of
@@ -69,6 +70,7 @@ def build_report(run_dir: Path, *, baseline: Path | None = None, history_dir: Pa
         "targets": [r.to_json() for r in rows], "config": data.config,
         "triage": [s.to_json() for s in stacks], "missing_inputs": data.missing,
         "fault_windows": fault_windows(data),
+        "by_group": by_group(data),
         "report": {"generated_at": round(time.time(), 3),
                    "started_at": started_at or _started_at(run_dir), "html": "report.html", "junit": "junit.xml"},
     })
@@ -87,6 +89,7 @@ def build_report(run_dir: Path, *, baseline: Path | None = None, history_dir: Pa
         summary["incident"] = incident
     plots = render_plots(data)
     html_path = run_dir / "report.html"
+    extras.groups = summary["by_group"]
     html_path.write_text(render(data, rows, verdict, reason, stacks, plots, extras), encoding="utf-8")
     summary_path = run_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, default=str))

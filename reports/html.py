@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from reports.groups import groups_table
 from reports.metrics import fault_windows
 from reports.model import FAIL, NOT_MEASURED, PASS, TRACKED, Plot, RunData, TargetRow
 from reports.triage import StackTriage
@@ -44,6 +45,7 @@ class Extras:
     changes: list[dict[str, Any]] = field(default_factory=list)
     baseline_dir: str | None = None
     incident: dict[str, Any] | None = None  # name, title, checks, sides: {mode: {run_dir, verdict, figures}}
+    groups: list[dict[str, Any]] = field(default_factory=list)  # reports.groups.by_group
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -217,6 +219,7 @@ def render(data: RunData, rows: list[TargetRow], verdict: str, reason: str, stac
                      + (f'<span class="regress">{len(regressions)} regression(s): {escape(", ".join(regressions))}'
                         "</span>" if regressions else "no regression") + ".</p>")
     parts.append(_targets(rows, extras.changes))
+    parts.append(f"<h2>Callers by group</h2>{groups_table(extras.groups)}")
     parts.append(f"<h2>Faults</h2>{_faults(data)}")
     parts.append(f"<h2>Plots</h2>{_plots(plots)}")
     parts.append("<h2>Triage: where the failures come from</h2><p>Every failed call and failed turn, routed by the "

@@ -117,12 +117,36 @@ def caller_rows(data: RunData, targets: Targets) -> list[TargetRow]:
              note=f"{len(reactions)}/{len(barge)} barge-ins got a clear" if len(barge)
              else "no barge-in in the script"),
         encoding_row(data),
-        _row(AUDIO, "packet_loss_pct", "Packet loss on the caller's leg", None, targets.packet_loss_pct, unit="%",
-             alert=2.0, note="not measured: the Twilio Media Streams leg is a websocket over TCP, which carries no "
-                             "packet sequence to count losses on"),
-        _row(AUDIO, "jitter_ms", "Jitter on the caller's leg", None, targets.jitter_ms, unit="ms", alert=50.0,
-             note="not measured: the agent sends audio over a websocket faster than real time, so arrival jitter "
-                  "says nothing; gaps in what is heard are judged above"),
+        *leg_rows(data, targets),
+    ]
+
+
+def leg_rows(data: RunData, targets: Targets) -> list[TargetRow]:
+    """Packet loss and jitter of the agent's audio as the WebRTC callers' receivers counted them (RTCP figures,
+    RFC 3550 §6.4.1). A Twilio leg is a websocket over TCP: no packet sequence to count losses on, and audio sent
+    faster than real time, so arrival jitter says nothing there."""
+    calls = data.calls
+    webrtc = calls[calls["rtp_packets_received"].notna()] if len(calls) else calls
+    if not len(webrtc):
+        return [
+            _row(AUDIO, "packet_loss_pct", "Packet loss on the caller's leg", None, targets.packet_loss_pct,
+                 unit="%", alert=2.0, note="not measured: no WebRTC call in this run (a Twilio Media Streams leg is "
+                                           "a websocket over TCP, with no packet sequence to count losses on)"),
+            _row(AUDIO, "jitter_ms", "Jitter on the caller's leg", None, targets.jitter_ms, unit="ms", alert=50.0,
+                 note="not measured: no WebRTC call in this run (over a websocket the agent sends audio faster "
+                      "than real time, so arrival jitter says nothing; gaps in what is heard are judged above)"),
+        ]
+    received, lost = float(webrtc["rtp_packets_received"].sum()), float(webrtc["rtp_packets_lost"].sum())
+    loss = round(100.0 * lost / (received + lost), 2) if received + lost else None
+    jitter = webrtc["rtp_jitter_ms"].dropna()
+    concealed = float(webrtc["concealed_ms"].sum())
+    return [
+        _row(AUDIO, "packet_loss_pct", "Packet loss on the caller's leg", loss, targets.packet_loss_pct, unit="%",
+             alert=2.0, note=f"agent audio to {len(webrtc)} WebRTC callers: {lost:.0f} of {received + lost:.0f} "
+                             f"RTP packets lost, {concealed / 1000:.1f} s concealed as silence"),
+        _row(AUDIO, "jitter_ms", "Jitter on the caller's leg", p(jitter, 95), targets.jitter_ms, unit="ms",
+             alert=50.0, note=f"P95 over {len(jitter)} WebRTC calls of the receiver's interarrival jitter; p50 "
+                              f"{p(jitter, 50)} ms"),
     ]
 
 

@@ -21,7 +21,8 @@ TELEPHONY, VOICE_CORE, ORCHESTRATION, WORKFLOW, HARNESS = (
 STACKS = (TELEPHONY, VOICE_CORE, ORCHESTRATION, WORKFLOW)
 
 CALL_COLUMNS = ("call_id", "call_sid", "outcome", "reason", "start_s", "end_s", "connect_ms", "duration_s",
-                "answered", "turns", "heard", "undecodable", "protocol_errors", "close_code", "event_line")
+                "answered", "turns", "heard", "undecodable", "protocol_errors", "close_code", "event_line",
+                "transport", "group", "concealed_ms", "rtp_packets_received", "rtp_packets_lost", "rtp_jitter_ms")
 TURN_COLUMNS = ("call_id", "index", "step", "kind", "status", "caller_text", "at_s", "response_latency_ms",
                 "first_audio", "max_gap_ms", "gaps", "heard", "undecodable", "has_expected", "barge_in",
                 "barge_in_reaction_ms", "cut_phrases", "audio_symbols", "audio_symbols_clear")

@@ -21,14 +21,16 @@ import pyarrow.parquet as pq
 from reports.model import CALL_COLUMNS, GAP_COLUMNS, TURN_COLUMNS, FaultWindow, RunData, RuntimeSeries
 
 RECORDS = "records"
-FORMAT = 2  # bumped when the tables change: older compiled records are rebuilt
+FORMAT = 3  # bumped when the tables change: older compiled records are rebuilt
 CHUNK_CALLS = 20_000  # calls per Parquet row group: bounded memory whatever the length of the run
 
 _CALL_TYPES = {"call_id": pa.int64(), "call_sid": pa.string(), "outcome": pa.string(), "reason": pa.string(),
                "start_s": pa.float64(), "end_s": pa.float64(), "connect_ms": pa.float64(),
                "duration_s": pa.float64(), "answered": pa.bool_(), "turns": pa.int32(), "heard": pa.int32(),
                "undecodable": pa.int32(), "protocol_errors": pa.int32(), "close_code": pa.float64(),
-               "event_line": pa.int64()}
+               "event_line": pa.int64(), "transport": pa.string(), "group": pa.string(),
+               "concealed_ms": pa.float64(), "rtp_packets_received": pa.float64(), "rtp_packets_lost": pa.float64(),
+               "rtp_jitter_ms": pa.float64()}
 _TURN_TYPES = {"call_id": pa.int64(), "index": pa.int32(), "step": pa.int32(), "kind": pa.string(),
                "status": pa.string(), "caller_text": pa.string(), "at_s": pa.float64(),
                "response_latency_ms": pa.float64(), "first_audio": pa.bool_(), "max_gap_ms": pa.float64(),
@@ -88,6 +90,11 @@ class _Columns:
         calls["protocol_errors"].append(int(call.get("protocol_errors") or 0))
         calls["close_code"].append(call.get("close_code"))
         calls["event_line"].append(line)
+        calls["transport"].append(call.get("transport") or "twilio")
+        calls["group"].append(call.get("group") or call.get("transport") or "twilio")
+        calls["concealed_ms"].append(float(call.get("concealed_ms") or 0.0))
+        for column in ("rtp_packets_received", "rtp_packets_lost", "rtp_jitter_ms"):
+            calls[column].append(call.get(column))
         first_listen = next((t.get("listen_from") for t in turns if t.get("listen_from")), None)
         rows, gaps = self.data["turns"], self.data["gaps"]
         for turn in turns:

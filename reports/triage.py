@@ -36,7 +36,9 @@ DEBUG_STEPS = {
     TELEPHONY: ["Check the audio encoding on both sides: Twilio PSTN streams μ-law 8 kHz, WebRTC PCM 16 kHz "
                 "(`voicechaos runtime check-config`).",
                 "Check the sample rate the runtime sends back and the media messages' payloads.",
-                "Check network latency and resets on the caller's leg, and the telephony provider's logs.",
+                "Check network latency and resets on the caller's leg, and the telephony provider's logs; on "
+                "WebRTC, the packet loss and jitter rows (the receivers' RTCP figures) and the caller leg's "
+                "impairment in the fault table.",
                 "For calls never answered: the runtime's worker availability (/readyz, active calls against "
                 "capacity, workers blocked on I/O)."],
     VOICE_CORE: ["Check the STT and TTS providers' status and latency (the provider plot), and their error counters.",
@@ -78,6 +80,10 @@ def _symptoms(data: RunData, targets: Targets) -> list[tuple[str, str, pd.DataFr
     calls, turns = data.calls, data.turns
     outcome = calls["outcome"]
     taken = pd.Series(False, index=turns.index)
+    # a turn whose audio came through a leg that lost packets, and arrived less than whole: whatever it looks like
+    # next (a missing expected phrase, a cut), the leg is the first suspect
+    lossy_calls = set(calls.loc[calls["rtp_packets_lost"].fillna(0) > 0, "call_id"])
+    lossy = turns["call_id"].isin(lossy_calls) & (turns["audio_symbols_clear"] < turns["audio_symbols"])
 
     def turn_rule(mask: pd.Series) -> pd.DataFrame:
         nonlocal taken
@@ -96,6 +102,9 @@ def _symptoms(data: RunData, targets: Targets) -> list[tuple[str, str, pd.DataFr
          lambda r: f"{r['undecodable']} undecodable phrase(s), {r['heard']} decoded"
                    + (f"; {r['audio_symbols_clear'] / r['audio_symbols']:.0%} of the audio intact"
                       if r["audio_symbols"] else "")),
+        (TELEPHONY, "audio lost on the caller's leg", turn_rule(lossy & (turns["status"] != "ok")),
+         lambda r: f"{r['audio_symbols_clear'] / r['audio_symbols']:.0%} of the agent's audio intact on a WebRTC leg "
+                   "that lost packets"),
         (TELEPHONY, "agent audio cut off", turn_rule(turns["status"] == "cut_off"),
          lambda r: "the call ended while the agent's turn was incomplete"),
         (VOICE_CORE, "no response", turn_rule(turns["status"] == "no_response"),
@@ -173,6 +182,9 @@ def _evidence(stacks: dict[str, StackTriage], rows: list[TargetRow]) -> None:
             stacks[stack].evidence.append(text.format(v=row.measured, target=row.target, verdict=row.verdict))
 
     note(TELEPHONY, "encoding_compatibility_pct", "encoding compatibility {v:g} % ({verdict})")
+    note(TELEPHONY, "packet_loss_pct", "packet loss on the WebRTC callers' leg {v:g} % (target {target}: {verdict})")
+    note(TELEPHONY, "jitter_ms", "jitter on the WebRTC callers' leg P95 {v:g} ms (target {target}: {verdict})")
+    note(TELEPHONY, "audio_quality", "agent audio intact {v:g} (target {target}: {verdict})")
     note(TELEPHONY, "worker_availability", "worker availability {v:g} (target {target}: {verdict})")
     note(VOICE_CORE, "stt_latency_p95_ms", "STT latency P95 {v:g} ms (target {target}: {verdict})")
     note(VOICE_CORE, "tts_latency_p95_ms", "TTS latency P95 {v:g} ms (target {target}: {verdict})")

@@ -59,8 +59,8 @@ def test_a_worker_refuses_a_master_off_loopback_without_allow_remote(capsys: pyt
 
 def test_the_settings_and_the_dial_survive_the_trip_through_the_environment() -> None:
     dial = Dial(webhook_url="http://127.0.0.1:9/voice", auth_token="t")
-    settings = LoadSettings(scenario=Path("s.yaml"), role="master", dial=dial_json(dial), duration_s=30)
+    settings = LoadSettings(scenario=Path("s.yaml"), role="master", dial=dial_json([dial]), duration_s=30)
     again = LoadSettings.model_validate_json(settings.to_env())
-    assert again == settings and dial_from_json(again.dial) == dial
+    assert again == settings and dial_from_json(again.dial) == [dial]
     with pytest.raises(SettingsError):
         dial_from_json("")

@@ -45,6 +45,7 @@ from reference_runtime.config import RuntimeConfig, parse_config
 from reference_runtime.dialog import LlmReply, LlmRequest, ToolCall, ToolResult, WorkflowEvent
 from reference_runtime.providers.base import LlmChunk, Providers, ReplyDone, TextDelta, Transcript
 from reference_runtime.recording import MemoryRecordingSink
+from reference_runtime.twilio_link import TwilioMediaLink
 from reference_runtime.workflow import CallContext, WorkflowError
 from tests.in_process import with_pytest_memory
 from tests.test_runtime_call import FAST, TwilioSide, decode
@@ -215,8 +216,10 @@ class Heard:
 
 @dataclass
 class TwilioLoop:
-    """The call's TwilioLink and its inbound messages: media sent is heard (decoded to its sentence), marks
-    are echoed at once (playout is not what these tests measure), closing ends the inbound stream."""
+    """The call's Twilio websocket (a :class:`~reference_runtime.twilio_link.TextSocket` under the call's
+    :class:`~reference_runtime.twilio_link.TwilioMediaLink`) and its inbound messages: media sent is heard (decoded
+    to its sentence), marks are echoed at once (playout is not what these tests measure), closing ends the inbound
+    stream."""
 
     clock: ManualClock
     inbound: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
@@ -315,8 +318,9 @@ async def call_of(
     await runner.setup()
     runtime = app[RUNTIME]
     link = TwilioLoop(clock)
-    call = Call("call-1", link, runtime.services())
-    task = asyncio.create_task(call.run(link.messages()))
+    twilio = TwilioMediaLink(link)
+    call = Call("call-1", twilio, runtime.services())
+    task = asyncio.create_task(call.run(twilio.events(link.messages())))
     driver = CallDriver(runtime, call, link, stt, llm, clock, task)
     try:
         link.push("connected", protocol="Call", version="1.0.0")

@@ -1,13 +1,15 @@
 """Faults, in Chaos Toolkit's vocabulary: each fault in a scenario's timeline is an *action* (the method) with its
 *rollback*, applied to one *dependency* of the runtime at a time and for a duration.
 
-A fault is one of three things:
+A fault is one of four things:
 
 - ``toxic``: a Toxiproxy toxic on the dependency's proxy (network faults: latency, bandwidth, timeout, reset...);
 - ``down``: the dependency's proxy disabled (connections refused and cut: the dependency is gone);
 - ``provider``: an application fault in the fake provider behind the dependency, through its control API (HTTP 429
   with the provider's real body, 5xx, a slow first byte, a stall, a truncated stream, garbage), which Toxiproxy
-  cannot make.
+  cannot make;
+- ``impairment``: loss, burst loss, jitter, reordering or a blackout on the WebRTC callers' media path (target
+  ``caller_leg`` only), applied by the harness's UDP relay (:mod:`harness.webrtc.impairment` says what it models).
 
 This module holds the typed scenario models (validated whole before a run starts) and the actions that apply and
 roll back each kind. The timeline that schedules them is :mod:`harness.chaos.timeline`.
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fake_providers.faults import FAULT_KINDS, FaultError, parse_fault
 from harness.chaos.toxiproxy_client import ToxicSpec, ToxiproxyClient
+from harness.webrtc.impairment import Impairment
 
 #: every connection from the reference runtime to a dependency goes through a proxy named after it
 #: (the ``*_fallback`` ones are the providers the runtime falls back to when the primary fails: safeguard 4)
@@ -117,6 +120,8 @@ class Fault(_Model):
     toxic: Toxic | None = None
     down: bool = False
     provider: ProviderFault | None = None
+    impairment: Impairment | None = Field(None, description="caller_leg only: what the WebRTC callers' network "
+                                                            "does to their media packets, both ways")
 
     @field_validator("target")
     @classmethod
@@ -127,10 +132,16 @@ class Fault(_Model):
 
     @model_validator(mode="after")
     def _one_action(self) -> Fault:
-        chosen = [k for k, v in (("toxic", self.toxic), ("down", self.down or None), ("provider", self.provider))
-                  if v is not None]
+        chosen = [k for k, v in (("toxic", self.toxic), ("down", self.down or None), ("provider", self.provider),
+                                 ("impairment", self.impairment)) if v is not None]
         if len(chosen) != 1:
-            raise ValueError(f"a fault is exactly one of toxic, down, provider (got {chosen or 'none'})")
+            raise ValueError(f"a fault is exactly one of toxic, down, provider, impairment (got {chosen or 'none'})")
+        if self.impairment is not None and self.target != "caller_leg":
+            raise ValueError(f"an impairment acts on the WebRTC callers' media path: its target is caller_leg, not "
+                             f"{self.target!r}")
+        if self.impairment is not None and self.impairment.blackout_at is not None:
+            raise ValueError("impairment.blackout_at: in the timeline a blackout is the fault's own window: give "
+                             "impairment.loss_pct: 100 with the fault's at and duration")
         if self.provider is not None and self.target not in PROVIDER_FAULT_TARGETS:
             why = "it is a real S3 server" if self.target == "storage" else "it is a network path"
             raise ValueError(f"{self.target!r} has no provider faults ({why}); use a toxic or down")
@@ -144,12 +155,17 @@ class Fault(_Model):
             what = f"{self.toxic.type} toxic"
         elif self.provider is not None:
             what = f"provider {self.provider.kind}"
+        elif self.impairment is not None:
+            what = "impairment " + ", ".join(f"{k} {v:g}" for k, v in
+                                             self.impairment.model_dump(exclude_defaults=True).items())
         else:
             what = "down"
         return f"{self.target} {what}"
 
     @property
     def action(self) -> str:
+        if self.impairment is not None:
+            return "impairment"
         return "toxic" if self.toxic is not None else "provider" if self.provider is not None else "down"
 
     def describe(self) -> dict[str, Any]:
@@ -233,3 +249,25 @@ class ProviderFaultAction:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ProviderControlError(f"{url}: {exc.__class__.__name__}: {exc}") from exc
         self.fault_id = None
+
+
+class CallerLegNetwork(Protocol):
+    """Where WebRTC impairments go (:class:`harness.webrtc.leg.CallerLeg`)."""
+
+    def set_impairment(self, impairment: Impairment) -> None: ...
+
+
+@dataclass
+class ImpairmentAction:
+    """Sets the caller leg's impairment for every WebRTC call in progress and to come; the rollback restores a clean
+    path. Two impairments overlapping in time do not add up: the later replaces the earlier until it ends."""
+
+    leg: CallerLegNetwork
+    impairment: Impairment
+
+    async def apply(self) -> dict[str, Any]:
+        self.leg.set_impairment(self.impairment)
+        return {"impairment": self.impairment.model_dump(mode="json", exclude_defaults=True)}
+
+    async def rollback(self) -> None:
+        self.leg.set_impairment(Impairment())

@@ -92,10 +92,11 @@ async def run_load(command: str, scenario_path: Path, *, workers: int = 0, port:
         run_dir = None
         args = ["--web-host", "127.0.0.1", "--web-port", str(port), "--stop-timeout", stop_timeout]
     session = RunSession(scenario, scenario_path, runs_dir=runs_dir, allow_remote=allow_remote, out=out,
-                         calls_planned=0, mode=f"locust-{command}", faults_on_demand=True, run_dir=run_dir)
+                         calls_planned=0, mode=f"locust-{command}", faults_on_demand=True, run_dir=run_dir,
+                         callers_here=False)
     control = RunControl(session)
     try:
-        dial = await session.open()
+        dials = await session.open()
     except BaseException:
         await session.close([], {}, report=False)
         raise
@@ -107,7 +108,7 @@ async def run_load(command: str, scenario_path: Path, *, workers: int = 0, port:
     settings = LoadSettings(scenario=scenario_path, mode="soak" if command == "soak" else "ui", runs_dir=runs_dir,
                             run_dir=session.run_dir, allow_remote=allow_remote, use_shape=use_shape,
                             duration_s=duration, max_calls=max_calls,
-                            control_url=control_url, dial=dial_json(dial))
+                            control_url=control_url, dial=dial_json(dials))
     if command == "soak":
         out.write(f"voicechaos: soak {scenario.name!r} for {duration:g} s ({workers or 'no'} local workers"
                   f"{f', waiting for {remote_workers} more' if remote_workers else ''}); Locust's "

@@ -80,7 +80,8 @@ class LoadNode:
         self.stats: VoiceStats | None = None
         self.outbox: list[tuple[str, dict[str, Any]]] = []  # worker: for the master; local/master: for the run
         self.workers: dict[str, WorkerView] = {}
-        self.dial: Dial | None = dial_from_json(settings.dial) if settings.dial else None
+        self.dials: list[Dial] | None = dial_from_json(settings.dial) if settings.dial else None
+        self._calls_placed = 0
         self.calls_ended = 0
         self.load_started = False
         self.tests = 0  # tests started in this process (the web UI can start several)
@@ -102,7 +103,7 @@ class LoadNode:
             events.report_to_master.add_listener(self._report_to_master)
             events.test_stop.add_listener(self._send_final)
             return
-        if not self.settings.control_url or self.dial is None:
+        if not self.settings.control_url or self.dials is None:
             raise RuntimeError("a voicechaos master needs its launcher: start it with `voicechaos ui|soak`")
         self.control = RunControlClient(self.settings.control_url)
         if self.environment.parsed_options is not None:  # workers get it with every spawn message
@@ -130,15 +131,19 @@ class LoadNode:
     def place_call(self) -> tuple[int, Any] | None:
         """Start a call for a user: its id and a gevent AsyncResult of its record; None once max_calls were placed."""
         assert self.engine is not None
-        if self.dial is None:  # a worker: the master's target, which this host must be allowed to call too
-            dial = dial_from_json(getattr(self.environment.parsed_options, "voicechaos_dial", ""))
-            check_target(dial.webhook_url or dial.websocket_url or "", allow_remote=self.settings.allow_remote,
-                         what="the master's target")
-            self.dial = dial
+        if self.dials is None:  # a worker: the master's target, which this host must be allowed to call too
+            dials = dial_from_json(getattr(self.environment.parsed_options, "voicechaos_dial", ""))
+            for dial in dials:
+                check_target(dial.webhook_url or dial.websocket_url or dial.offer_url or "",
+                             allow_remote=self.settings.allow_remote, what="the master's target")
+            self.dials = dials
         runner = self.environment.runner
         if self.role == "worker":  # the master numbers its workers from 0; ids stay unique across the run
             self.engine.process_index = max(0, runner.worker_index) + 1
-        placed = self.engine.place_call(self.dial)
+        # each process deals its calls to the caller groups in the scenario's proportions
+        dial = self.dials[self.scenario.callers.group_of(self._calls_placed) % len(self.dials)]
+        self._calls_placed += 1
+        placed = self.engine.place_call(dial)
         if placed is None:
             return None
         call_id, future = placed

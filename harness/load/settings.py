@@ -57,11 +57,13 @@ def settings_from_env() -> LoadSettings:
         raise SettingsError(f"{ENV}: {exc}") from None
 
 
-def dial_json(dial: Dial) -> str:
-    return json.dumps(asdict(dial))
+def dial_json(dials: list[Dial]) -> str:
+    """The run's dials, one per caller group, for the Locust processes. The WebRTC callers' impairment relay lives
+    in the launcher's process and is not sent: Locust's calls take a clean path (see ``harness/load/launch.py``)."""
+    return json.dumps([{k: v for k, v in asdict(dial).items() if k != "relay"} for dial in dials])
 
 
-def dial_from_json(raw: str) -> Dial:
+def dial_from_json(raw: str) -> list[Dial]:
     if not raw:
         raise SettingsError("no target yet: a worker gets it from the master with the first spawn message")
-    return Dial(**json.loads(raw))
+    return [Dial(**item) for item in json.loads(raw)]

@@ -18,7 +18,12 @@ from harness.webrtc.loopback import check_candidates
 
 
 class SignallingError(RuntimeError):
-    """The offer/answer exchange failed; the message names the URL and what went wrong."""
+    """The offer/answer exchange failed; the message names the URL and what went wrong. ``status`` is the HTTP
+    status when the server answered with an error (503: at capacity)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,8 @@ async def exchange_offer(http: aiohttp.ClientSession, url: str, offer: RTCSessio
         async with http.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
             text = await response.text()
             if response.status != 200:
-                raise SignallingError(f"{url} answered the offer with HTTP {response.status}: {text[:200].strip()}")
+                raise SignallingError(f"{url} answered the offer with HTTP {response.status}: {text[:200].strip()}",
+                                      response.status)
             try:
                 data = await response.json(content_type=None)
             except ValueError:
@@ -44,6 +50,8 @@ async def exchange_offer(http: aiohttp.ClientSession, url: str, offer: RTCSessio
                                       f"{text[:120]!r}") from None
     except TimeoutError:
         raise SignallingError(f"{url} did not answer the offer within {timeout_s:g} s") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise SignallingError(f"{url}: cannot connect ({exc.os_error.strerror or exc.os_error})") from None
     except aiohttp.ClientError as exc:
         raise SignallingError(f"{url}: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("sdp"), str) or data.get("type") != "answer":
