@@ -12,7 +12,7 @@ WebRTC caller also decodes 50 Opus frames a second). Each level runs in a fresh 
 are per core. Not measured here: when aiortc actually puts the frame on the wire after the hand-over (its encoder runs
 in a thread pool); the pacer's lateness is what a late harness would add to the caller's timeline.
 
-Run: ``.venv/bin/python -m bench.webrtc_capacity`` (``--twilio-levels 100,200,300 --webrtc-levels 25,50,75,100``;
+Run: ``.venv/bin/python -m bench.webrtc_capacity`` (``--twilio-levels 100,200,300 --webrtc-levels 10,20,30,50``;
 ``--quick`` for a smoke check). Prints a table and the ratio of the two capacities measured side by side in this run;
 machines are noisy, so compare, don't quote.
 """
@@ -127,7 +127,7 @@ def _start(target: Any) -> tuple[multiprocessing.Process, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--twilio-levels", default="100,200,300")
-    parser.add_argument("--webrtc-levels", default="25,50,75,100")
+    parser.add_argument("--webrtc-levels", default="10,20,30,50")
     parser.add_argument("--hold", type=float, default=6.0, help="seconds each level holds its calls")
     parser.add_argument("--quick", action="store_true", help="one small level of each, to check the bench runs")
     args = parser.parse_args()

@@ -47,6 +47,7 @@ from harness.transport.websocket import Closed
 from harness.twilio.line import TwilioLine
 from harness.twilio.media_streams import new_account_sid, new_call_sid, new_stream_sid
 from harness.voice import SILENCE_FRAME_B64, Voice
+from harness.webrtc.leg import CallerLeg
 from harness.webrtc.line import WebRtcLine
 
 #: websocket close code a platform uses for "at capacity, try again later" (RFC 6455 §7.4.1, 1013)
@@ -76,7 +77,7 @@ class Dial:
     #: the stream's path are unchanged, as when a network sits between the phone network's edge and the platform
     media_via: str | None = None
     #: WebRTC only: the caller's media goes through the impairment relay of the caller's leg (harness.webrtc.relay)
-    relay: Any = None
+    relay: CallerLeg | None = None
     #: the scenario's caller group this call belongs to (reports compare groups side by side)
     group: str = ""
 

@@ -61,7 +61,9 @@ def resolve_dials(scenario: Scenario, endpoints: StackEndpoints | None, *, allow
             else:
                 assert scenario.target.webrtc is not None
                 url = scenario.target.webrtc.url
-                check_target(url, allow_remote=allow_remote, what="target.webrtc.url")
+                # the WebRTC caller gathers loopback candidates only: a remote agent could never reach its media
+                check_target(url, allow_remote=False, what="target.webrtc.url (WebRTC stays on loopback, even with "
+                                                           "--allow-remote)")
             dials.append(Dial(transport="webrtc", offer_url=url, relay=caller_leg, group=group.name))
         else:
             dial = resolve_dial(scenario, endpoints, allow_remote=allow_remote)

@@ -172,4 +172,7 @@ def test_the_web_ui_serves_voice_and_chaos_and_a_fault_from_the_chaos_route_is_i
     assert [e["because"] for e in events if e["event"] == "fault_removed"] == ["removed on demand"]
     assert any(e["event"] == "call_ended" for e in events)
     assert (run_dir / "report.html").exists() and (run_dir / "summary.json").exists(), output[-3000:]
-    assert launcher.returncode in (0, 1), output[-3000:]
+    # the exit code is the run's verdict: pass or missed targets, or invalid when this machine made the harness late
+    # (the test is about the routes; a busy CI machine may push a short run's p99 over 5 ms, and the run must say so)
+    verdict = json.loads((run_dir / "summary.json").read_text())["verdict"]
+    assert launcher.returncode == {"pass": 0, "fail": 1, "invalid": 2}[verdict], output[-3000:]
