@@ -441,7 +441,7 @@ def write_calls(writer: _Writer, calls: Calls, steps: list[Step]) -> None:
                             f'"last_audio_end":{_num(last_end[k][j])},"response_latency_ms":{_num(latency[k][j])},'
                             f'"gaps_ms":[{gaps}],"heard":{text.heard[st]},"undecodable":{int(st == GARBLED)},'
                             f'"undecodable_reasons":{garbled_reasons if st == GARBLED else "[]"},"cut_phrases":0,'
-                            f'"audio_symbols":{symbols},"audio_symbols_clear":{clear},'
+                            f'"audio_symbols":{symbols},"audio_symbols_clear":{clear},"concealed_ms":0.0,'
                             f'"barge_in":false,"barge_in_reaction_ms":null,"stray_clears":0,'
                             f'"status":"{STATUSES[st]}","max_gap_ms":{max_gap!r},"audio_quality":{quality}}}')
                     bodies.append(body)

@@ -37,7 +37,7 @@ import aiohttp
 
 from harness.audio.phrase_codec import normalize_text
 from harness.clock import Clock
-from harness.hearing import Audible, Ear, Heard
+from harness.hearing import MERGE_S, Audible, Ear, Heard
 from harness.line import Line, LineRefused
 from harness.pacer import Pacer
 from harness.playout import MarkReached, PlayedAudio, Playout
@@ -426,7 +426,8 @@ class Call:
         for stretch in self.ear.close_before(now):
             self._on_audible(stretch)
         self._peek_open_stretch()
-        if self._awaiting_silence and self.ear.open_stretch is None and self.playout.queued_bytes == 0:
+        # a WebRTC agent keeps sending (silence between its words): silent is nothing audible for a merge window
+        if self._awaiting_silence and self.ear.open_stretch is None and now - self._last_audible_end >= MERGE_S:
             self._agent_fell_silent()
         self._check_turn(now)
 
@@ -456,6 +457,11 @@ class Call:
 
     def on_agent_audio(self, mulaw: bytes, now: float) -> None:
         self.playout.enqueue_audio(mulaw, now)
+
+    def on_agent_audio_lost(self, ms: float, now: float) -> None:
+        turn = self._turn
+        if turn is not None and turn.first_audio_at is not None:
+            turn.concealed_ms = round(turn.concealed_ms + ms, 1)
 
     def on_agent_mark(self, name: str, now: float) -> None:
         self.playout.enqueue_mark(name, now)

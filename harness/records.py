@@ -42,6 +42,8 @@ class TurnRecord:
     # (a phrase cut by a clear is left out: that is the agent's choice, not the network's)
     audio_symbols: int = 0
     audio_symbols_clear: int = 0
+    #: WebRTC: agent audio of this turn lost on the way and concealed as silence (from its first audio on)
+    concealed_ms: float = 0.0
     barge_in: bool = False
     barge_in_reaction_ms: float | None = None
     stray_clears: int = 0  # clear while nothing was playing (logged; no reaction)

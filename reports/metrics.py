@@ -74,6 +74,7 @@ def caller_rows(data: RunData, targets: Targets) -> list[TargetRow]:
     broken = int((heard_turns["max_gap_ms"] > targets.broken_silence_ms).sum())
     heard, undecodable = int(turns["heard"].sum()), int(turns["undecodable"].sum())
     symbols, symbols_clear = int(turns["audio_symbols"].sum()), int(turns["audio_symbols_clear"].sum())
+    concealed_in_turns = float(turns["concealed_ms"].sum()) if len(turns) else 0.0
     expected = turns[turns["has_expected"] & (turns["status"] != "interrupted")]
     expected_ok = int((expected["status"] == "ok").sum())
     barge = turns[turns["barge_in"]]
@@ -106,9 +107,11 @@ def caller_rows(data: RunData, targets: Targets) -> list[TargetRow]:
              lower_is_better=False, note=f"{heard} phrases decoded, {undecodable} undecodable (garbled)"),
         _row(AUDIO, "audio_quality", "Agent audio that arrived intact",
              round(symbols_clear / symbols, 4) if symbols else None, targets.audio_quality, lower_is_better=False,
-             note=f"{symbols_clear}/{symbols} symbols of the agent's phrases read clearly (lost or garbled "
-                  "stretches lower it; a phrase cut by a barge-in does not count)" if symbols
-             else "no phrase of the agent was recognised"),
+             note=(f"{symbols_clear}/{symbols} symbols of the agent's phrases read clearly (lost or garbled "
+                   "stretches lower it; a phrase cut by a barge-in does not count)" if symbols
+                   else "no phrase of the agent was recognised")
+             + (f"; {concealed_in_turns / 1000:.1f} s of the agent's turns lost on the way and concealed"
+                if concealed_in_turns else "")),
         _row(CALLER, "expected_phrase_rate", "Turns that said what was expected",
              round(expected_ok / len(expected), 4) if len(expected) else None, targets.expected_phrase_rate,
              lower_is_better=False, note=f"{expected_ok}/{len(expected)} turns said what the script expected"),
@@ -151,14 +154,23 @@ def leg_rows(data: RunData, targets: Targets) -> list[TargetRow]:
 
 
 def encoding_row(data: RunData) -> TargetRow:
-    calls = data.calls
+    calls, turns = data.calls, data.turns
     with_audio = calls[(calls["heard"] + calls["undecodable"]) > 0]
-    decodable = int((with_audio["heard"] > 0).sum())
-    measured = round(100.0 * decodable / len(with_audio), 2) if len(with_audio) else None
+    # a phrase recognised by its framing, even one damaged by loss on the way, was in the caller's format: only a
+    # format mismatch leaves a call with no phrase recognised at all. A call on a leg that lost packets and left
+    # nothing recognisable cannot tell the two apart: it is left out, and counted in the note
+    framed = set(turns.loc[turns["audio_symbols"] > 0, "call_id"]) if len(turns) else set()
+    recognised = (with_audio["heard"] > 0) | with_audio["call_id"].isin(framed)
+    unknown = ~recognised & (with_audio["rtp_packets_lost"].fillna(0) > 0)
+    judged = with_audio[~unknown]
+    decodable = int(recognised[~unknown].sum())
+    measured = round(100.0 * decodable / len(judged), 2) if len(judged) else None
     return _row(AUDIO, "encoding_compatibility_pct", "Encoding compatibility", measured, 100.0, unit="%",
                 lower_is_better=False, equal=True,
-                note=f"{decodable}/{len(with_audio)} calls with agent audio were decodable in the caller's format "
-                     "(a mismatch makes every phrase of a call undecodable)")
+                note=f"{decodable}/{len(judged)} calls with agent audio were decodable in the caller's format "
+                     "(a mismatch makes every phrase of a call unrecognisable; loss on the way only damages them)"
+                     + (f"; {int(unknown.sum())} calls on a lossy WebRTC leg with nothing recognisable left out"
+                        if unknown.any() else ""))
 
 
 # ---- the runtime's side --------------------------------------------------------------------------------------------

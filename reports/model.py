@@ -25,7 +25,8 @@ CALL_COLUMNS = ("call_id", "call_sid", "outcome", "reason", "start_s", "end_s", 
                 "transport", "group", "concealed_ms", "rtp_packets_received", "rtp_packets_lost", "rtp_jitter_ms")
 TURN_COLUMNS = ("call_id", "index", "step", "kind", "status", "caller_text", "at_s", "response_latency_ms",
                 "first_audio", "max_gap_ms", "gaps", "heard", "undecodable", "has_expected", "barge_in",
-                "barge_in_reaction_ms", "cut_phrases", "audio_symbols", "audio_symbols_clear")
+                "barge_in_reaction_ms", "cut_phrases", "audio_symbols", "audio_symbols_clear",
+                "concealed_ms")
 GAP_COLUMNS = ("call_id", "turn_index", "at_s", "gap_ms")
 
 

@@ -36,7 +36,7 @@ _TURN_TYPES = {"call_id": pa.int64(), "index": pa.int32(), "step": pa.int32(), "
                "response_latency_ms": pa.float64(), "first_audio": pa.bool_(), "max_gap_ms": pa.float64(),
                "gaps": pa.int32(), "heard": pa.int32(), "undecodable": pa.int32(), "has_expected": pa.bool_(),
                "barge_in": pa.bool_(), "barge_in_reaction_ms": pa.float64(), "cut_phrases": pa.int32(),
-               "audio_symbols": pa.int32(), "audio_symbols_clear": pa.int32()}
+               "audio_symbols": pa.int32(), "audio_symbols_clear": pa.int32(), "concealed_ms": pa.float64()}
 _GAP_TYPES = {"call_id": pa.int64(), "turn_index": pa.int32(), "at_s": pa.float64(), "gap_ms": pa.float64()}
 SCHEMAS = {name: pa.schema([(c, types[c]) for c in columns]) for name, columns, types in (
     ("calls", CALL_COLUMNS, _CALL_TYPES), ("turns", TURN_COLUMNS, _TURN_TYPES), ("gaps", GAP_COLUMNS, _GAP_TYPES))}
@@ -125,6 +125,7 @@ class _Columns:
             rows["cut_phrases"].append(int(turn.get("cut_phrases") or 0))
             rows["audio_symbols"].append(int(turn.get("audio_symbols") or 0))
             rows["audio_symbols_clear"].append(int(turn.get("audio_symbols_clear") or 0))
+            rows["concealed_ms"].append(float(turn.get("concealed_ms") or 0.0))
             for gap in gap_list:
                 gaps["call_id"].append(call.get("call_id"))
                 gaps["turn_index"].append(turn.get("index"))

@@ -83,7 +83,8 @@ def _symptoms(data: RunData, targets: Targets) -> list[tuple[str, str, pd.DataFr
     # a turn whose audio came through a leg that lost packets, and arrived less than whole: whatever it looks like
     # next (a missing expected phrase, a cut), the leg is the first suspect
     lossy_calls = set(calls.loc[calls["rtp_packets_lost"].fillna(0) > 0, "call_id"])
-    lossy = turns["call_id"].isin(lossy_calls) & (turns["audio_symbols_clear"] < turns["audio_symbols"])
+    lossy = turns["call_id"].isin(lossy_calls) & ((turns["audio_symbols_clear"] < turns["audio_symbols"])
+                                                  | (turns["concealed_ms"] > 0))
 
     def turn_rule(mask: pd.Series) -> pd.DataFrame:
         nonlocal taken
@@ -91,11 +92,16 @@ def _symptoms(data: RunData, targets: Targets) -> list[tuple[str, str, pd.DataFr
         taken = taken | mask
         return turns[mask]
 
+    on_lossy_leg = calls["call_id"].isin(lossy_calls)
+    turn_on_lossy_leg = turns["call_id"].isin(lossy_calls)
     return [
         (TELEPHONY, "call not answered", calls[outcome.isin(["rejected", "failed_to_connect"]) | ~calls["answered"]],
          lambda r: f"{r['outcome']}: {r['reason']}"),
         (TELEPHONY, "dropped call", calls[outcome == "dropped"], lambda r: str(r["reason"])),
-        (VOICE_CORE, "call timed out", calls[outcome == "timed_out"], lambda r: str(r["reason"])),
+        # the agent may not have understood a caller whose audio it got damaged: the leg is the first suspect
+        (TELEPHONY, "call on a lossy leg timed out", calls[(outcome == "timed_out") & on_lossy_leg],
+         lambda r: f"{r['reason']} ({r['rtp_packets_lost']:.0f} of the agent's RTP packets lost on the way)"),
+        (VOICE_CORE, "call timed out", calls[(outcome == "timed_out") & ~on_lossy_leg], lambda r: str(r["reason"])),
         (HARNESS, "harness error", calls[outcome.isin(["error", "unfinished"])],
          lambda r: f"{r['outcome']}: {r['reason']}"),
         (TELEPHONY, "garbled audio", turn_rule((turns["status"] == "garbled") | (turns["undecodable"] > 0)),
@@ -103,10 +109,13 @@ def _symptoms(data: RunData, targets: Targets) -> list[tuple[str, str, pd.DataFr
                    + (f"; {r['audio_symbols_clear'] / r['audio_symbols']:.0%} of the audio intact"
                       if r["audio_symbols"] else "")),
         (TELEPHONY, "audio lost on the caller's leg", turn_rule(lossy & (turns["status"] != "ok")),
-         lambda r: f"{r['audio_symbols_clear'] / r['audio_symbols']:.0%} of the agent's audio intact on a WebRTC leg "
-                   "that lost packets"),
+         lambda r: (f"{r['audio_symbols_clear'] / r['audio_symbols']:.0%} of the phrases' symbols intact, "
+                    if r["audio_symbols"] else "") + f"{r['concealed_ms']:.0f} ms of the turn concealed on a WebRTC "
+                   "leg that lost packets"),
         (TELEPHONY, "agent audio cut off", turn_rule(turns["status"] == "cut_off"),
          lambda r: "the call ended while the agent's turn was incomplete"),
+        (TELEPHONY, "no response on a lossy leg", turn_rule(turn_on_lossy_leg & (turns["status"] == "no_response")),
+         lambda r: f"no agent audio after {_said(r)}, on a WebRTC leg that lost packets"),
         (VOICE_CORE, "no response", turn_rule(turns["status"] == "no_response"),
          lambda r: f"no agent audio after {_said(r)}"),
         (VOICE_CORE, "dead air", turn_rule(turns["max_gap_ms"] > targets.dead_air_ms),

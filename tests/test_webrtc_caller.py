@@ -16,7 +16,7 @@ from aiortc.rtp import RtpPacket
 
 from harness.caller import Dial
 from harness.records import CallRecord
-from harness.scenario import ExpectHangup, Limits, Say, WaitForGreeting, scenario_from_mapping
+from harness.scenario import ExpectHangup, HangUp, Limits, Say, WaitForGreeting, scenario_from_mapping
 from harness.testing.calls import place_call
 from harness.testing.known_webrtc_agent import KnownWebRtcAgent, serve_known_webrtc_agent
 from harness.webrtc.impairment import Impairment
@@ -103,6 +103,7 @@ async def test_loss_and_jitter_on_the_webrtc_leg_lower_audio_quality_in_proporti
     assert 0.5 < quality < 0.99, quality  # measurably lower, but not the collapse aiortc's own buffer gives
     assert record.rtp_packets_lost is not None and record.rtp_packets_lost > 0
     assert record.concealed_ms > 0
+    assert sum(turn.concealed_ms for turn in record.turns) > 0  # some of it inside the agent's turns
     # concealment is about one frame per lost packet, not five
     assert record.concealed_ms <= 40 * record.rtp_packets_lost, (record.concealed_ms, record.rtp_packets_lost)
 
@@ -129,3 +130,21 @@ def test_scenarios_choose_the_transport_per_caller_group() -> None:
     with pytest.raises(ValueError, match="this scenario has none"):
         scenario_from_mapping(_mapping(script=[{"wait_for_greeting": {}}],
                                        faults=[{"target": "caller_leg", "impairment": {"loss_pct": 5}}]), "s.yaml")
+
+
+@pytest.mark.e2e
+async def test_a_barge_in_over_webrtc_is_measured_to_where_the_agents_audio_stops() -> None:
+    # WebRTC has no clear: the agent just stops sending. The reaction runs from the caller's first interrupting frame
+    # to the end of the agent's last audible audio: the agent's own 0.3 s, plus the way there and back
+    agent = KnownWebRtcAgent(f"{GREETING} We are open every day. Our hygienists are friendly.", [REPLIES[0]],
+                             reply_delay=0.4, stop_after=0.3, hang_up_after_last=False)
+    script = [WaitForGreeting(), Say(text="Hi, I would like to book a teeth cleaning.", barge_in_after=1.0,
+                                     expect=REPLIES[0]), HangUp()]
+    async with serve_known_webrtc_agent(agent) as url:
+        one = await place_call(Dial(transport="webrtc", offer_url=url), script, Limits())
+    record = one.record
+    assert str(record.outcome) == "completed", record.reason
+    greeting, reply = record.turns
+    assert greeting.status == "interrupted" and reply.barge_in and reply.status == "ok", record.turns
+    assert len(agent.stopped_at) == 1
+    assert reply.barge_in_reaction_ms is not None and 300 <= reply.barge_in_reaction_ms <= 900, reply

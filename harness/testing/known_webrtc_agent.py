@@ -34,8 +34,12 @@ class KnownWebRtcAgent:
     replies: list[list[str]]
     reply_delay: float = 0.4
     hang_up_after_last: bool = True
+    #: barge-in: this long after the caller starts speaking over the agent's audio, the agent stops (drops what it
+    #: had queued: WebRTC has no ``clear``, the audio just stops coming)
+    stop_after: float | None = None
     #: what the agent observed, for the test to compare with (loop time)
     speech_ends: list[float] = field(default_factory=list)
+    stopped_at: list[float] = field(default_factory=list)
     replies_sent_at: list[float] = field(default_factory=list)
     hung_up: int = 0
     _peers: set[Any] = field(default_factory=set)
@@ -81,6 +85,8 @@ class KnownWebRtcAgent:
                     continue
                 now = loop.time()
                 if float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) > _LOUD_RMS:
+                    if loud_since is None and self.stop_after is not None and track.speaking:
+                        self._stop_later(track, now + self.stop_after)
                     loud_since = loud_since or now
                     last_loud = now
                 elif loud_since is not None and now - last_loud > 0.1:
@@ -98,6 +104,17 @@ class KnownWebRtcAgent:
                             return
         except MediaStreamError:
             pass
+
+    def _stop_later(self, track: PhraseTrack, at: float) -> None:
+        async def stop() -> None:
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            self.stopped_at.append(loop.time())
+            track.clear()
+
+        task = asyncio.ensure_future(stop())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -35,6 +35,7 @@ from harness.audio import formats, g711
 from harness.line import LineEvents, LineRefused
 from harness.records import Outcome
 from harness.transport.websocket import Closed
+from harness.webrtc.impairment import Impairment
 from harness.webrtc.jitter import use_caller_jitter_buffer
 from harness.webrtc.leg import CallerLeg
 from harness.webrtc.loopback import NonLoopbackCandidate, gather_on_loopback_only, loopback_peer
@@ -196,9 +197,13 @@ class WebRtcLine:
         try:
             while True:
                 frame = await track.recv()
+                concealed = listener.concealed_ms
                 samples = listener.samples(frame)
                 if samples.size and self._events is not None:
-                    self._deliver(formats.to_bytes(samples, formats.TWILIO_MULAW_8K), self._now())
+                    now = self._now()
+                    if listener.concealed_ms > concealed:
+                        self._events.on_agent_audio_lost(listener.concealed_ms - concealed, now)
+                    self._deliver(formats.to_bytes(samples, formats.TWILIO_MULAW_8K), now)
         except MediaStreamError:
             self._ended("the agent's audio track ended")
 
@@ -253,6 +258,10 @@ class WebRtcLine:
         await self._read_rtp_stats()
         if self._hearing is not None:
             self._hearing.cancel()
+        if self._relay is not None:
+            # the hang-up itself (RTCP BYE, DTLS close_notify) is not impaired: lost, it would leave the agent holding
+            # the call until ICE consent expires (~30 s), after the run has counted its recordings
+            self._relay.set_impairment(Impairment())
         with contextlib.suppress(Exception):
             await self._pc.close()
         if self._relay is not None and self._leg is not None:

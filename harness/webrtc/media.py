@@ -49,6 +49,11 @@ class PhraseTrack(MediaStreamTrack):
         at_rate = StreamResampler(sample_rate, TRACK_RATE, quality="HQ").process(samples, last=True)
         self._queue.append(np.clip(at_rate * 32767.0, -32768, 32767).astype(np.int16))
 
+    def clear(self) -> None:
+        """Drop what is queued and not yet played (an agent stopping when the caller talks over it)."""
+        self._queue.clear()
+        self._pending = np.zeros(0, dtype=np.int16)
+
     @property
     def speaking(self) -> bool:
         return bool(self._queue) or len(self._pending) > 0
