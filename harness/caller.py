@@ -76,8 +76,8 @@ class Dial:
     #: host:port to open the media stream at instead of the URL's own (the caller leg's proxy): the webhook and
     #: the stream's path are unchanged, as when a network sits between the phone network's edge and the platform
     media_via: str | None = None
-    #: WebRTC only: the caller's media goes through the impairment relay of the caller's leg (harness.webrtc.relay)
-    relay: CallerLeg | None = None
+    #: WebRTC only: the caller's media goes through an impairment relay of the caller's leg (harness.webrtc.leg)
+    caller_leg: CallerLeg | None = None
     #: the scenario's caller group this call belongs to (reports compare groups side by side)
     group: str = ""
 
@@ -144,7 +144,7 @@ class Call:
         if dial.transport == "webrtc":
             assert dial.offer_url is not None
             return WebRtcLine(env.http, offer_url=dial.offer_url, call_sid=record.call_sid, now=self.clock.now,
-                              relay=dial.relay)
+                              caller_leg=dial.caller_leg)
         return TwilioLine(env.http, account_sid=env.account_sid, call_sid=record.call_sid,
                           stream_sid=record.stream_sid, webhook_url=dial.webhook_url, auth_token=dial.auth_token,
                           websocket_url=dial.websocket_url, parameters=dial.parameters,

@@ -64,7 +64,8 @@ def resolve_dials(scenario: Scenario, endpoints: StackEndpoints | None, *, allow
                 # the WebRTC caller gathers loopback candidates only: a remote agent could never reach its media
                 check_target(url, allow_remote=False, what="target.webrtc.url (WebRTC stays on loopback, even with "
                                                            "--allow-remote)")
-            dials.append(Dial(transport="webrtc", offer_url=url, relay=caller_leg, group=group.name))
+            dials.append(Dial(transport="webrtc", offer_url=url, caller_leg=caller_leg,
+                              group=group.name))
         else:
             dial = resolve_dial(scenario, endpoints, allow_remote=allow_remote)
             dials.append(Dial(**{**dial.__dict__, "group": group.name}))

@@ -53,6 +53,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from harness.audio.formats import StreamResampler, to_bytes
 from harness.webrtc.loopback import check_candidates, gather_on_loopback_only, loopback_peer
+from harness.webrtc.media import mono_samples
 from reference_runtime.audio_plan import WEBRTC_AUDIO
 from reference_runtime.call import LinkClosed
 from reference_runtime.media_stream import Event, MarkEchoed, MediaReceived, StreamStarted, StreamStopped
@@ -241,17 +242,7 @@ class CallerAudio:
         self._rate = 0
 
     def convert(self, frame: av.AudioFrame) -> bytes:
-        data = frame.to_ndarray()
-        channels = len(frame.layout.channels)
-        if frame.format.is_planar:
-            mono = data.astype(np.float32).mean(axis=0)
-        else:
-            mono = data.reshape(-1, channels).astype(np.float32).mean(axis=1)
-        name = frame.format.name
-        if name.startswith("s16"):
-            mono /= 32768.0
-        elif name.startswith("s32"):
-            mono /= 2147483648.0
+        mono = mono_samples(frame)
         if frame.sample_rate != self._rate or self._resampler is None:
             self._rate = frame.sample_rate
             self._resampler = StreamResampler(frame.sample_rate, WEBRTC_AUDIO.sample_rate)

@@ -63,7 +63,7 @@ async def _call(agent: KnownWebRtcAgent, impairment: Impairment | None = None) -
         leg.set_impairment(impairment)
     try:
         async with serve_known_webrtc_agent(agent) as url:
-            one = await place_call(Dial(transport="webrtc", offer_url=url, relay=leg), SCRIPT, Limits())
+            one = await place_call(Dial(transport="webrtc", offer_url=url, caller_leg=leg), SCRIPT, Limits())
         return one.record, leg.stats() if leg is not None else {}
     finally:
         if leg is not None:

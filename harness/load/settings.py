@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
@@ -60,7 +60,8 @@ def settings_from_env() -> LoadSettings:
 def dial_json(dials: list[Dial]) -> str:
     """The run's dials, one per caller group, for the Locust processes. The WebRTC callers' impairment relay lives
     in the launcher's process and is not sent: Locust's calls take a clean path (see ``harness/load/launch.py``)."""
-    return json.dumps([{k: v for k, v in asdict(dial).items() if k != "relay"} for dial in dials])
+    return json.dumps([{f.name: getattr(dial, f.name) for f in fields(dial) if f.name != "caller_leg"}
+                       for dial in dials])
 
 
 def dial_from_json(raw: str) -> list[Dial]:

@@ -83,12 +83,12 @@ class WebRtcLine:
     plays_out_on_close = True
 
     def __init__(self, http: aiohttp.ClientSession, *, offer_url: str, call_sid: str, now: Callable[[], float],
-                 relay: CallerLeg | None = None, allow_remote: bool = False) -> None:
+                 caller_leg: CallerLeg | None = None, allow_remote: bool = False) -> None:
         self._http = http
         self._url = offer_url
         self._call_sid = call_sid
         self._now = now
-        self._leg = relay
+        self._leg = caller_leg
         self._allow_remote = allow_remote
         self._pc = loopback_peer()
         self._track = CallerTrack()

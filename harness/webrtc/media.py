@@ -86,6 +86,22 @@ class PhraseTrack(MediaStreamTrack):
         return out
 
 
+def mono_samples(frame: av.AudioFrame) -> np.ndarray:
+    """A decoded frame (any layout; s16, s32 or float samples, packed or planar) as mono float samples, -1..1."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        mono = data.astype(np.float32).mean(axis=0)
+    else:
+        mono = data.reshape(-1, channels).astype(np.float32).mean(axis=1)
+    name = frame.format.name
+    if name.startswith("s16"):
+        mono /= 32768.0
+    elif name.startswith("s32"):
+        mono /= 2147483648.0
+    return mono
+
+
 #: a hole longer than this is not concealed (the stream restarted, or its clock jumped): it is a break
 MAX_CONCEAL_S = 1.0
 
@@ -118,14 +134,7 @@ class TrackListener:
                 if hole > MAX_CONCEAL_S * frame.sample_rate:
                     hole = 0
             self._next_pts = frame.pts + frame.samples
-        data = frame.to_ndarray()
-        channels = len(frame.layout.channels)
-        if frame.format.is_planar:
-            mono = data.astype(np.float32).mean(axis=0)
-        else:
-            mono = data.reshape(-1, channels).astype(np.float32).mean(axis=1)
-        if frame.format.name.startswith("s16"):
-            mono /= 32768.0
+        mono = mono_samples(frame)
         if frame.sample_rate != self._rate:
             self._rate = frame.sample_rate
             self._resampler = StreamResampler(frame.sample_rate, CODEC_SAMPLE_RATE)
