@@ -68,5 +68,5 @@ def groups_table(groups: list[dict[str, Any]]) -> str:
     return (f'<table id="groups"><tr>{head}</tr>{"".join(rows)}</table><p class=note>Packet loss and jitter are the '
             "WebRTC receivers' own RTCP figures for the agent's audio (— on Twilio: a websocket over TCP has no "
             "packets to count). Every latency on WebRTC includes both receive paths, as a person's does: the caller's "
-            "(about 80 ms: jitter buffer and playout delay) and the agent's own (aiortc's jitter buffer holds 80 "
+            "(about 100 ms: jitter buffer and playout delay) and the agent's own (aiortc's jitter buffer holds 80 "
             "ms).</p>")

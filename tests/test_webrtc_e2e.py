@@ -82,15 +82,18 @@ async def test_the_same_scenario_over_both_transports_ends_the_same_way(tmp_path
 
 
 async def test_loss_and_jitter_on_the_webrtc_leg_degrade_audio_and_route_to_telephony(tmp_path: Path) -> None:
-    scenario = _scenario("lossy-leg", callers={"count": 2, "arrival_rate": 1, "transport": "webrtc"},
+    scenario = _scenario("lossy-leg", callers={"count": 3, "arrival_rate": 1, "transport": "webrtc"},
                          faults=[{"name": "loss 5% jitter 40 ms", "target": "caller_leg", "at": 0,
                                   "impairment": {"loss_pct": 5, "delay_ms": 40, "jitter_ms": 40}}])
     _, summary, console = await _run(scenario, tmp_path)
     leg = summary["caller_leg_webrtc"]["far_end_to_caller"]
     assert leg["lost"] > 0 and leg["loss_pct"] > 1.0, leg
+    # below its maximum (how far depends on where the losses fall: a lost 20 ms inside a 60 ms symbol may still
+    # read clearly), and the phrases it damaged are garbled
     quality = _row(summary, "audio_quality")
-    assert quality["measured"] is not None and quality["measured"] < 0.99 and quality["verdict"] == "fail", console
+    assert quality["measured"] is not None and quality["measured"] < 1.0, console
     assert quality["group"] == "audio quality"  # the Telephony/Audio stack's group of targets
+    assert _row(summary, "phrase_decode_rate")["measured"] < 1.0
     loss = _row(summary, "packet_loss_pct")
     assert loss["measured"] > 1.0 and loss["verdict"] == "fail" and loss["group"] == "audio quality"
     telephony = next(t for t in summary["triage"] if t["stack"] == "Telephony/Audio")

@@ -8,7 +8,7 @@ NetEQ plays on and conceals the one lost frame. So the caller's receivers use :c
 packet is given up as soon as :data:`PREFETCH` packets wait behind it, instead of stalling the stream; the lost frame
 is then concealed by its RTP timestamp (:class:`~harness.webrtc.media.TrackListener`) and the timeline keeps its
 length. Its depth is 2 packets (40 ms) rather than aiortc's 4: jitter is absorbed after it by the caller's adaptive
-playout delay (:mod:`harness.webrtc.line`), so the receive path adds about 80 ms on a clean path, as a browser's does.
+playout delay (:mod:`harness.webrtc.line`, 60 ms to start), so the receive path adds about 100 ms on a clean path.
 
 The agent's side (the reference runtime, or a Pipecat bot, both aiortc) keeps aiortc's own buffer: that is how those
 agents really hear a lossy caller.

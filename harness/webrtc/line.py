@@ -44,7 +44,7 @@ from harness.webrtc.relay import UdpRelay, route_through
 from harness.webrtc.signalling import SignallingError, exchange_offer
 
 #: the receiver's playout delay at the start of a call (after the 40 ms jitter buffer), and the most it grows to
-PLAYOUT_DELAY_S = 0.040
+PLAYOUT_DELAY_S = 0.060
 MAX_PLAYOUT_DELAY_S = 0.200
 _RATE = 8000
 _FRAME_SAMPLES = 160
