@@ -265,6 +265,7 @@ class WebRtcLine:
         with contextlib.suppress(Exception):
             await self._pc.close()
         if self._relay is not None and self._leg is not None:
+            await asyncio.sleep(0.05)  # the hang-up's packets reach the relay (a loop turn or two) before it closes
             await self._leg.close_relay(self._relay)
             self._relay = None
 

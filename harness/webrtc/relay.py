@@ -111,10 +111,18 @@ class UdpRelay:
                 "impairment": self.impairment.model_dump(mode="json", exclude_defaults=True)}
 
     async def close(self) -> None:
+        """Stop relaying; packets already in the relay are delivered first (a call's last packets, its hang-up)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._far is not None and self._near is not None:
+            for data in self.up.due(float("inf")):
+                if self.far_end is not None:
+                    self._far.sendto(data, self.far_end)
+            for data in self.down.due(float("inf")):
+                if self.caller is not None:
+                    self._near.sendto(data, self.caller)
         for transport in (self._near, self._far):
             if transport is not None:
                 transport.close()
