@@ -1,7 +1,9 @@
 """The "done when" of the web UI, in a real browser: ``voicechaos ui`` started as a user starts it, then headless
-Chromium (driven through the DevTools protocol) starts a load from Locust's own form, reshapes it with *Edit*, injects
-a fault with a button of the Voice & Chaos page, ends that fault, and stops the load. The run folder has the calls and
-the fault, applied and removed on demand.
+Chromium (driven through the DevTools protocol), on Locust's own page only, starts a load from Locust's form, watches
+the figures in the Voice tab, reshapes the load with *Edit*, injects a fault with a button of the Chaos tab, ends that
+fault there, and stops the load. The run folder has the calls and the fault, applied and removed on demand.
+
+``VOICECHAOS_SCREENSHOTS=DIR`` keeps a screenshot of each tab, for a person to look at.
 """
 
 from __future__ import annotations
@@ -36,10 +38,21 @@ _SET = """(name, value) => { const inputs = Array.from(document.querySelectorAll
 _CLICK = """(pattern, scope) => { const root = scope ? document.querySelector(scope) : document;
   const b = Array.from(root.querySelectorAll('button')).filter(b => new RegExp(pattern, 'i').test(b.textContent)).pop();
   if (b) b.click(); return b ? b.textContent : null; }"""
-_CLICK_PRESET = """(dependency, label) => { const row = Array.from(document.querySelectorAll('tr')).find(
+# inside our tab's frame (same origin, so the page can reach into it as a user's clicks do)
+_FRAME = "document.querySelector('#voicechaos-tab iframe').contentDocument"
+_CLICK_TAB = """(title) => { const tab = Array.from(document.querySelectorAll('[role=tab]')).find(
+  t => t.textContent.trim() === title); if (tab) tab.click(); return !!tab; }"""
+_FRAME_TEXT = f"""(id) => {{ const holder = document.getElementById('voicechaos-tab');
+  if (!holder || holder.hidden) return null; const doc = {_FRAME}; const node = doc && doc.getElementById(id);
+  return node && !node.closest('[hidden]') ? node.textContent : null; }}"""
+_CLICK_PRESET = f"""(dependency, label) => {{ const doc = {_FRAME}; if (!doc) return null;
+  const row = Array.from(doc.querySelectorAll('tr')).find(
   tr => tr.cells.length && tr.cells[0].querySelector('b') && tr.cells[0].querySelector('b').textContent === dependency);
   if (!row) return null; const b = Array.from(row.querySelectorAll('button')).find(b => b.textContent === label);
-  if (b) b.click(); return b ? b.textContent : null; }"""
+  if (b) b.click(); return b ? b.textContent : null; }}"""
+_CLICK_END = f"""() => {{ const doc = {_FRAME};
+  const b = doc && Array.from(doc.querySelectorAll('#dependencies button')).find(b => b.textContent === 'end');
+  if (b) b.click(); return !!b; }}"""
 
 
 class DevTools:
@@ -63,6 +76,11 @@ class DevTools:
 
     def goto(self, url: str) -> None:
         self.call("Page.navigate", url=url)
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
 
 
 @contextlib.contextmanager
@@ -105,6 +123,12 @@ def test_a_user_starts_reshapes_and_stops_a_load_and_injects_a_fault_in_the_brow
     def locust_state() -> dict[str, Any]:
         return dict(requests.get(f"{base}/stats/requests", timeout=5).json())
 
+    shots = os.environ.get("VOICECHAOS_SCREENSHOTS")
+
+    def shoot(name: str) -> None:
+        if shots:
+            page.screenshot(Path(shots) / f"locust-{name}-tab.png")
+
     try:
         with browser(binary) as page:
             # start, as a new user does: Locust's form, users and rate, Start
@@ -113,25 +137,34 @@ def test_a_user_starts_reshapes_and_stops_a_load_and_injects_a_fault_in_the_brow
             assert page.js(f"({_SET})('spawnRate', '2')")
             assert page.js(f"({_CLICK})('^start$')") is not None
             _wait_for(lambda: locust_state()["user_count"] == 2, 30, "2 users running")
-            # watch: replies measured on the Voice figures
-            _wait_for(lambda: requests.get(f"{base}/voicechaos/api/voice", timeout=5).json()
-                   ["response_latency_ms"]["run"]["count"] > 0, 90, "a reply measured")
+            # watch: the Voice tab shows the live figures, from our page inside Locust's
+            assert page.js(f"({_CLICK_TAB})('Voice')")
+            _wait_for(lambda: (page.js(f"({_FRAME_TEXT})('latency-rows')") or "").count(" ms") >= 2, 90,
+                      "reply latencies in the Voice tab")
+            assert page.js(f"({_FRAME_TEXT})('active-calls')") in ("1", "2")
+            assert "valid" in (page.js(f"({_FRAME_TEXT})('validity')") or "")
+            shoot("voice")
             # reshape: Edit, 3 users, Update
             assert page.js(f"({_CLICK})('^edit$')") is not None
             _wait_for(lambda: page.js(f"({_SET})('userCount', '3')"), 10, "the edit form")
             assert page.js(f"({_CLICK})('update')") is not None
             _wait_for(lambda: locust_state()["user_count"] == 3, 30, "reshaped to 3 users")
-            # a fault from the Chaos tab's buttons, then ended with its own button
-            page.goto(f"{base}/voicechaos/#chaos")
+            # a fault from the Chaos tab's buttons, then ended with its own button there
+            assert page.js(f"({_CLICK_TAB})('Chaos')")
             _wait_for(lambda: page.js(f"({_CLICK_PRESET})('llm', 'latency 500 ms ± 100')"), 30, "the llm preset")
             active = _wait_for(lambda: [d for d in requests.get(f"{base}/voicechaos/api/chaos", timeout=10).json()
                                      ["dependencies"] if d["name"] == "llm" and d["active"]], 30, "llm fault on")
             assert active[0]["active"][0]["on_demand"]
-            _wait_for(lambda: page.js(f"({_CLICK})('^end$')"), 30, "the fault's end button")
+            _wait_for(lambda: "llm: +500 ms" in (page.js(f"({_FRAME_TEXT})('dependencies')") or ""), 30,
+                      "the fault shown as active in the Chaos tab")
+            assert page.js(f"({_FRAME_TEXT})('voice')") is None  # the Chaos tab shows the chaos part only
+            shoot("chaos")
+            _wait_for(lambda: page.js(f"({_CLICK_END})()"), 30, "the fault's end button")
             _wait_for(lambda: not [d for d in requests.get(f"{base}/voicechaos/api/chaos", timeout=10).json()
                                 ["dependencies"] if d["active"]], 30, "the fault removed")
-            # stop, from Locust's page
-            page.goto(f"{base}/")
+            # back on Locust's own Statistics tab, ours is hidden; then stop
+            assert page.js(f"({_CLICK_TAB})('Statistics')")
+            _wait_for(lambda: page.js("document.getElementById('voicechaos-tab').hidden"), 10, "our tab hidden")
             _wait_for(lambda: page.js(f"({_CLICK})('^stop$')"), 30, "Locust's stop button")
             _wait_for(lambda: locust_state()["state"] in ("stopped", "cleanup"), 30, "the load stopping")
             _wait_for(lambda: locust_state()["state"] == "stopped", 90, "calls in progress finished")

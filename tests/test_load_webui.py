@@ -3,6 +3,8 @@ wiring against a duck-typed stand-in, and once against Locust's real WebUI (unpa
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 from html.parser import HTMLParser
@@ -14,7 +16,17 @@ import pytest
 
 from harness.chaos.faults import DEPENDENCIES, PROVIDER_FAULT_TARGETS, Fault
 from harness.load.voice_stats import VoiceStats
-from harness.load.webui import CHAOS_TAB, LINK_ID, PREFIX, VOICE_TAB, ChaosError, install, presets
+from harness.load.webui import (
+    CHAOS_TAB,
+    LINK_ID,
+    PREFIX,
+    STATIC,
+    TABS_SCRIPT_ID,
+    VOICE_TAB,
+    ChaosError,
+    install,
+    presets,
+)
 
 
 class FakeChaos:
@@ -248,45 +260,41 @@ def locust_like_app() -> flask.Flask:
     return app
 
 
-def test_locust_tabs_tables_and_extended_stats(voice: VoiceStats, chaos: FakeChaos) -> None:
+def test_locust_gets_two_tabs_without_tables_and_its_index_one_link_and_one_script(voice: VoiceStats,
+                                                                                    chaos: FakeChaos) -> None:
     app = locust_like_app()
     web_ui = FakeWebUI()
     install(app, stats=voice.snapshot, chaos=chaos, web_ui=web_ui)
     tabs = web_ui.template_args["extended_tabs"]
-    tables = web_ui.template_args["extended_tables"]
-    assert [t["key"] for t in tabs] == [VOICE_TAB, CHAOS_TAB] == [t["key"] for t in tables]
-    assert [t["title"] for t in tabs] == ["Voice", "Chaos"]
+    assert [(t["key"], t["title"]) for t in tabs] == [(VOICE_TAB, "Voice"), (CHAOS_TAB, "Chaos")]
+    # no table of Locust's for our keys: Locust then draws nothing in the tab and the script fills it
+    assert "extended_tables" not in web_ui.template_args
     assert web_ui.template_args["state"] == "ready"
 
     c = app.test_client()
-    for _ in range(2):  # the memoized response is extended again, not twice
-        report = c.get("/stats/requests").json
-        assert [e["key"] for e in report["extended_stats"]] == ["someone-else", VOICE_TAB, CHAOS_TAB]
-    assert report["user_count"] == 3
-    by_key = {e["key"]: e["data"] for e in report["extended_stats"]}
-    structure = {t["key"]: [column["key"] for column in t["structure"]] for t in tables}
-    for key in (VOICE_TAB, CHAOS_TAB):
-        for row in by_key[key]:
-            assert sorted(row) == sorted(structure[key]), row
-            assert all(isinstance(value, str) for value in row.values())  # Locust renders plain text
-    voice_rows = {row["name"]: row for row in by_key[VOICE_TAB]}
-    assert voice_rows["response latency max"] == {"name": "response latency max", "window": "640 ms",
-                                                  "run": "640 ms"}
-    assert voice_rows["active calls"]["window"] == "1"
-    chaos_rows = by_key[CHAOS_TAB]
-    assert chaos_rows[:3] == [{"name": "stt", "active": "none"}, {"name": "llm", "active": "llm rate-limited"},
-                              {"name": "storage", "active": "none"}]
-    assert chaos_rows[-1] == {"name": "apply/remove faults:", "active": f"http://localhost{PREFIX}/#chaos"}
+    for _ in range(2):  # a second page load is extended once, as the first
+        text = c.get("/").get_data(as_text=True)
+        assert text.count(LINK_ID) == 1 and text.count(TABS_SCRIPT_ID) == 1
+    link = re.search(rf'<a id="{LINK_ID}" href="([^"]+)"[^>]*>([^<]+)</a>', text)
+    assert link is not None and link.groups() == (f"{PREFIX}/", "Voice &amp; Chaos ↗")
+    script = re.search(rf'<script id="{TABS_SCRIPT_ID}" src="([^"]+)" data-page="([^"]+)" '
+                       r'data-panels="([^"]+)"></script></body>', text)
+    assert script is not None
+    src, page, panels = script.groups()
+    assert (src, page) == (f"{PREFIX}/static/locust-tabs.js", f"{PREFIX}/")
+    assert json.loads(html.unescape(panels)) == {VOICE_TAB: "voice", CHAOS_TAB: "chaos"}
+    assert c.get(src).status_code == 200
+    # every panel the script may show is a section of the page
+    page_html = c.get(page).get_data(as_text=True)
+    assert all(f'<section id="{panel}"' in page_html for panel in json.loads(html.unescape(panels)).values())
+    # Locust's own JSON is left alone
+    assert c.get("/stats/requests").json["extended_stats"] == [{"key": "someone-else", "data": [{"x": 1}]}]
 
 
-def test_locust_index_gets_one_link_to_the_page(voice: VoiceStats) -> None:
-    app = locust_like_app()
-    install(app, stats=voice.snapshot, chaos=None, web_ui=FakeWebUI())
-    text = app.test_client().get("/").get_data(as_text=True)
-    assert text.count(LINK_ID) == 1
-    link = re.search(rf'<a id="{LINK_ID}" href="([^"]+)"[^>]*>([^<]+)</a></body>', text)
-    assert link is not None
-    assert link.groups() == (f"{PREFIX}/", "Voice &amp; Chaos ↗")
+def test_the_tabs_script_and_the_page_know_the_embedded_mode() -> None:
+    script = (STATIC / "locust-tabs.js").read_text(encoding="utf-8")
+    assert "?embed=1#" in script and 'get("tab")' in script
+    assert 'has("embed")' in (STATIC / "app.js").read_text(encoding="utf-8")
 
 
 def test_a_failing_stats_callable_never_breaks_locusts_own_json(chaos: FakeChaos) -> None:
@@ -346,10 +354,9 @@ def test_wiring_matches_locusts_real_web_ui(voice: VoiceStats, chaos: FakeChaos,
         install(web_ui.app, stats=voice.snapshot, chaos=chaos, web_ui=web_ui)
         c = web_ui.app.test_client()
         index = c.get("/").get_data(as_text=True)
-        assert index.count(LINK_ID) == 1
-        assert '"extended_tabs"' in index and VOICE_TAB in index
-        report = c.get("/stats/requests").json
-        assert [e["key"] for e in report["extended_stats"]] == [VOICE_TAB, CHAOS_TAB]
+        assert index.count(LINK_ID) == 1 and index.count(TABS_SCRIPT_ID) == 1
+        assert '"extended_tabs"' in index and VOICE_TAB in index and CHAOS_TAB in index
+        assert c.get("/stats/requests").status_code == 200
         page = c.get(f"{PREFIX}/").get_data(as_text=True)
         assert 'data-locust="yes"' in page and 'data-locust-base=""' in page
         started = c.post("/swarm", data={"user_count": "0", "spawn_rate": "1"}).json
@@ -394,7 +401,6 @@ window.addEventListener("load", function () {
 
 def _probe(dom: str) -> dict[str, Any]:
     import html as html_module
-    import json
 
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert found is not None, "the probe did not run: the page's script may have stopped"
@@ -402,7 +408,6 @@ def _probe(dom: str) -> dict[str, Any]:
 
 
 def test_page_script_runs_in_chromium(tmp_path: Path, voice: VoiceStats) -> None:
-    import json
     import shutil
 
     from harness.load.webui import STATIC

@@ -1,12 +1,15 @@
 """The Voice and Chaos pages of the load engine's web UI: JSON routes and one static page, on any Flask app.
 
-Locust's own UI is a built React app that can show extra tabs, but only as plain-text tables fed through
-``/stats/requests`` (``extended_tabs`` / ``extended_tables`` in its template args, ``extended_stats`` in that JSON).
-So there are two views of the same figures:
+Locust's own UI is a built React app. Its extra tabs (``extended_tabs`` in its template args) can only render
+plain-text tables, and a Chaos tab must have buttons. So the figures and the fault controls live in one page of ours,
+and Locust's tabs show it:
 
 - ``/voicechaos/``: our page (vanilla JS, served from this package, no network), with live voice figures, fault
   buttons, and load controls that post to Locust's own ``/swarm`` and ``/stop``;
-- Locust's UI: a Voice tab and a Chaos tab (read-only tables) and a fixed "Voice & Chaos" link to our page.
+- Locust's UI gets a Voice tab and a Chaos tab with no table of their own, and a small script
+  (``static/locust-tabs.js``) that, while one of them is selected, shows that part of our page under Locust's tab bar
+  (``/voicechaos/?embed=1#voice`` or ``#chaos`` in a same-origin frame); and a fixed "Voice & Chaos" link to the whole
+  page.
 
 This module imports Flask only, never Locust (``import locust`` patches the whole process with gevent): the Locust
 ``WebUI`` object is duck-typed (``template_args``, ``auth_required_if_enabled``), and Locust's routes are recognised
@@ -44,15 +47,14 @@ VOICE_TAB = "voicechaos-voice"
 CHAOS_TAB = "voicechaos-chaos"
 #: the mark of the link injected into Locust's page (also how a second injection is avoided)
 LINK_ID = "voicechaos-link"
+#: the script injected into Locust's page that fills our two tabs
+TABS_SCRIPT_ID = "voicechaos-tabs"
 
-#: Locust's extended tabs and tables (the structure keys are the row keys; Locust camel-cases both the same way)
+#: Locust's extended tabs. With no ``extended_tables`` entry for their keys Locust renders nothing in them (its tab
+#: panel draws a table only when it has the table's structure), which leaves the space to the injected script.
 EXTENDED_TABS = [{"title": "Voice", "key": VOICE_TAB}, {"title": "Chaos", "key": CHAOS_TAB}]
-EXTENDED_TABLES = [
-    {"key": VOICE_TAB, "structure": [{"key": "name", "title": "Figure"}, {"key": "window", "title": "Window"},
-                                     {"key": "run", "title": "Whole run"}]},
-    {"key": CHAOS_TAB, "structure": [{"key": "name", "title": "Dependency"},
-                                     {"key": "active", "title": "Active faults"}]},
-]
+#: which part of our page each tab shows (its fragment)
+TAB_PANELS = {VOICE_TAB: "voice", CHAOS_TAB: "chaos"}
 
 
 class ChaosError(ValueError):
@@ -107,61 +109,6 @@ def presets() -> list[dict[str, Any]]:
     return out
 
 
-# --- Locust's read-only tabs ------------------------------------------------------------------------------------------
-
-
-def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.0f} ms" if value >= 100 else f"{value:.1f} ms"
-
-
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none"
-
-
-def voice_rows(snapshot: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per figure: ``name``, ``window`` (the last ``window_s`` seconds, or now), ``run`` (the whole run)."""
-    latency = snapshot["response_latency_ms"]
-    greeting = snapshot["greeting_latency_ms"]
-    gaps = snapshot["gaps_ms"]
-    lateness = snapshot["lateness"]
-    validity = snapshot["validity"]
-    window_s = snapshot.get("window_s", 60)
-    rows = [{"name": "window", "window": f"last {window_s:g} s", "run": "whole run"}]
-    for q in ("p50", "p95", "p99", "max"):
-        rows.append({"name": f"response latency {q}", "window": _ms(latency["window"][q]),
-                     "run": _ms(latency["run"][q])})
-    rows += [
-        {"name": "replies measured", "window": str(latency["window"]["count"]), "run": str(latency["run"]["count"])},
-        {"name": "greeting latency p95", "window": _ms(greeting["window"]["p95"]), "run": _ms(greeting["run"]["p95"])},
-        {"name": "silence gap p95", "window": _ms(gaps["window"]["p95"]), "run": _ms(gaps["run"]["p95"])},
-        {"name": "silence gap max", "window": _ms(gaps["window"]["max"]), "run": _ms(gaps["run"]["max"])},
-        {"name": f"dead air gaps (> {gaps['dead_air_ms']:g} ms)", "window": str(gaps["window"]["dead_air"]),
-         "run": str(gaps["run"]["dead_air"])},
-        {"name": "active calls", "window": str(snapshot["active_calls"]["total"]),
-         "run": f"{snapshot['calls']['started']} started, {snapshot['calls']['ended']} ended"},
-        {"name": "calls by outcome", "window": "", "run": _counts(snapshot["calls"]["by_outcome"])},
-        {"name": "turns by status", "window": "", "run": _counts(snapshot["turns"]["by_status"])},
-        {"name": "harness pacing lateness p99", "window": "",
-         "run": f"{_ms(lateness['p99_ms'])} over {lateness['frames']} frames (limit {lateness['limit_ms']:g} ms)"},
-        {"name": "run validity", "window": "",
-         "run": ("valid: " if validity["valid"] else "INVALID: ") + validity["reason"]},
-    ]
-    return rows
-
-
-def chaos_rows(chaos: ChaosControl | None, page_url: str) -> list[dict[str, str]]:
-    """One row per dependency with its active faults, and a last row pointing at the page that can change them."""
-    hint = {"name": "apply/remove faults:", "active": f"{page_url}#chaos"}
-    if chaos is None:
-        return [{"name": "no chaos control in this process", "active": ""}, hint]
-    rows = []
-    for dependency in chaos.dependencies():
-        labels = [str(w.get("label") or w.get("index")) for w in dependency.get("active") or []]
-        rows.append({"name": str(dependency.get("name")), "active": ", ".join(labels) or "none"})
-    rows.append(hint)
-    return rows
-
-
 # --- the routes -------------------------------------------------------------------------------------------------------
 
 
@@ -195,7 +142,7 @@ def _locust_base(app: flask.Flask) -> str | None:
 
 def install(app: flask.Flask, *, stats: Callable[[], dict[str, Any]], chaos: ChaosControl | None,
             web_ui: Any | None = None) -> None:
-    """Add the Voice & Chaos routes and page to ``app``; with Locust's ``web_ui``, also its tabs and a link."""
+    """Add the Voice & Chaos routes and page to ``app``; with Locust's ``web_ui``, also its two tabs and a link."""
     page = flask.Blueprint("voicechaos", __name__, url_prefix=PREFIX, static_folder=str(STATIC),
                            static_url_path="/static")
     # behind Locust's login (--web-login) like Locust's own routes; the static assets stay public, as Locust's do.
@@ -263,52 +210,39 @@ def install(app: flask.Flask, *, stats: Callable[[], dict[str, Any]], chaos: Cha
 
     app.register_blueprint(page)
     if web_ui is not None:
-        _wire_locust(app, web_ui, stats, chaos)
+        _wire_locust(app, web_ui)
 
 
-def _wire_locust(app: flask.Flask, web_ui: Any, stats: Callable[[], dict[str, Any]],
-                 chaos: ChaosControl | None) -> None:
+def _wire_locust(app: flask.Flask, web_ui: Any) -> None:
     web_ui.template_args["extended_tabs"] = EXTENDED_TABS
-    web_ui.template_args["extended_tables"] = EXTENDED_TABLES
 
-    def is_locust(endpoint: str, path: str) -> bool:
+    def is_locust_index() -> bool:
         # by endpoint when Locust serves it (under any --web-base-path), by path for a bare app in the tests
-        return flask.request.endpoint == f"locust.{endpoint}" or flask.request.path == path
+        return flask.request.endpoint == "locust.index" or flask.request.path == "/"
 
     @app.after_request
     def extend_locust(response: flask.Response) -> flask.Response:
-        # never break Locust's own UI: a failure here only loses our rows or our link
+        # never break Locust's own UI: a failure here only loses our tabs' content or our link
         try:
-            if is_locust("request_stats", "/stats/requests") and response.is_json and response.status_code == 200:
-                _add_extended_stats(response, stats, chaos)
-            elif is_locust("index", "/") and response.mimetype == "text/html" and response.status_code == 200:
-                _add_link(response)
+            if is_locust_index() and response.mimetype == "text/html" and response.status_code == 200:
+                _add_tabs_and_link(response)
         except Exception:
             log.exception("extending Locust's %s failed", flask.request.path)
         return response
 
 
-def _add_extended_stats(response: flask.Response, stats: Callable[[], dict[str, Any]],
-                        chaos: ChaosControl | None) -> None:
-    report = json.loads(response.get_data(as_text=True))
-    page_url = flask.request.host_url.rstrip("/") + flask.request.script_root + PREFIX + "/"
-    ours = [{"key": VOICE_TAB, "data": voice_rows(stats())}, {"key": CHAOS_TAB, "data": chaos_rows(chaos, page_url)}]
-    # Locust memoizes this response object for a moment, and other extensions may add their own tables: replace
-    # our entries, keep theirs
-    others = [e for e in report.get("extended_stats") or [] if e.get("key") not in (VOICE_TAB, CHAOS_TAB)]
-    report["extended_stats"] = others + ours
-    response.set_data(json.dumps(report))
-
-
-def _add_link(response: flask.Response) -> None:
+def _add_tabs_and_link(response: flask.Response) -> None:
     text = response.get_data(as_text=True)
     if LINK_ID in text or "</body>" not in text:
         return
-    href = html.escape(flask.request.script_root + PREFIX + "/")
+    page = html.escape(flask.request.script_root + PREFIX + "/")
     # plain HTML outside React's root: fixed in a corner, so it survives whatever the React app renders
-    link = (f'<a id="{LINK_ID}" href="{href}" target="_blank" rel="noopener" style="position:fixed;right:12px;'
+    link = (f'<a id="{LINK_ID}" href="{page}" target="_blank" rel="noopener" style="position:fixed;right:12px;'
             'bottom:12px;z-index:2147483647;padding:6px 10px;border-radius:6px;background:#1565c0;color:#fff;'
             'font:600 13px system-ui,sans-serif;text-decoration:none;box-shadow:0 1px 4px rgba(0,0,0,.3)">'
             'Voice &amp; Chaos ↗</a>')
+    panels = html.escape(json.dumps(TAB_PANELS))
+    script = (f'<script id="{TABS_SCRIPT_ID}" src="{page}static/locust-tabs.js" data-page="{page}" '
+              f'data-panels="{panels}"></script>')
     head, _, tail = text.rpartition("</body>")
-    response.set_data(head + link + "</body>" + tail)
+    response.set_data(head + link + script + "</body>" + tail)

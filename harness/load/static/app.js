@@ -9,6 +9,9 @@
   var body = document.body;
   var locustBase = body.getAttribute("data-locust-base") || "";
   var hasLocust = body.getAttribute("data-locust") === "yes";
+  // ?embed=1: shown inside Locust's own Voice or Chaos tab (locust-tabs.js), which has its own header and load form
+  var embedded = new URLSearchParams(location.search).has("embed");
+  if (embedded) body.classList.add("embedded");
   var presets = [];
 
   function $(id) { return document.getElementById(id); }
@@ -360,7 +363,7 @@
     $("load-message").className = ok ? "message ok" : "message error";
   }
 
-  if (hasLocust) {
+  if (hasLocust && !embedded) {
     $("load").hidden = false;
     $("locust-ui").hidden = false;
     $("locust-ui").href = locustBase + "/";
