@@ -357,6 +357,7 @@ class Call:
             elif turn.expected and not self._expected_heard(turn):
                 status = "mismatch" if status == "ok" else "cut_off"
         turn.status = status
+        turn.closed_at = self.clock.now()
         if turn.barge_in:
             self._barge_in_at = None  # a later clear is not a reaction to this utterance
         if self._turn_done is not None and not self._turn_done.done():

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("scenario", type=Path)
     soak.add_argument("--duration", type=_seconds, default=None,
                       help="the soak's length, e.g. 2h or 90m (default: the scenario's load shape)")
+    soak.add_argument("--workers-wait", type=_seconds, default=None,
+                      help="how long the master waits for every worker to connect before it gives up and the soak "
+                           "fails (default: 2m when all workers are local, 15m with --remote-workers)")
     worker = sub.add_parser("worker", help="a Locust worker for a `voicechaos ui|soak --workers` master on another "
                                            "machine")
     worker.add_argument("scenario", type=Path)
@@ -159,13 +162,17 @@ def _load(args: argparse.Namespace) -> int:
                       duration_s=getattr(args, "duration", None) or getattr(args, "time_limit", None),
                       runs_dir=args.runs_dir, allow_remote=args.allow_remote, master_port=args.master_port,
                       master_bind_host=args.master_bind_host, use_shape=getattr(args, "shape", False),
-                      max_calls=args.max_calls, remote_workers=args.remote_workers)
+                      max_calls=args.max_calls, remote_workers=args.remote_workers,
+                      workers_wait_s=getattr(args, "workers_wait", None))
     except ScenarioError as exc:
         print(f"voicechaos: invalid scenario\n{exc}", file=sys.stderr)
         return EXIT_USAGE
     except (ShapeError, UnsafeTargetError) as exc:
         print(f"voicechaos: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StackError as exc:
+        print(f"voicechaos: the embedded stack failed to start: {exc}", file=sys.stderr)
+        return EXIT_STACK
 
 
 def _report(args: argparse.Namespace) -> int:

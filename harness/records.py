@@ -33,6 +33,8 @@ class TurnRecord:
     first_audio_at: float | None = None
     last_audio_end: float | None = None
     response_latency_ms: float | None = None
+    #: when the turn was closed (its reply heard, the caller gave up waiting, or the call ended)
+    closed_at: float | None = None
     gaps_ms: list[float] = field(default_factory=list)
     heard: list[str] = field(default_factory=list)
     undecodable: int = 0

@@ -112,7 +112,11 @@ def summarize(calls: list[dict[str, Any]], lateness: dict[str, Any], targets: Ta
         _verdict("harness_lateness_p99_ms", lateness_p99, targets.harness_lateness_p99_ms, at_most=True,
                  unit=" ms", note="the harness's own send lateness on the 20 ms grid"),
     ]
-    harness_ok = verdicts[-1]["verdict"] != FAIL  # not measured (no frame sent, e.g. nobody answered) is no excuse
+    # not measured because no frame was sent (e.g. nobody answered) is no excuse; not measured although callers
+    # connected and sent audio (a load process that died before it sent its figures) leaves the timings unvouched
+    connected = sum(1 for call in calls if call.get("connect_ms") is not None)
+    unvouched = "frames" not in lateness and connected > 0  # no measurement at all, not "0 frames sent"
+    harness_ok = verdicts[-1]["verdict"] != FAIL and not unvouched
     judged = verdicts[:-1]
     if not harness_ok:
         overall = "invalid"
@@ -125,8 +129,10 @@ def summarize(calls: list[dict[str, Any]], lateness: dict[str, Any], targets: Ta
     return {
         "verdict": overall,
         "verdict_reason": {
-            "invalid": "the harness itself was late on its 20 ms grid (p99 above target): it, not the agent, may "
-                       "have been the bottleneck; no verdict on the agent",
+            "invalid": (f"the harness's own send lateness is unknown although {connected} call(s) connected and "
+                        "sent audio: no verdict on the agent") if unvouched else
+                       ("the harness itself was late on its 20 ms grid (p99 above target): it, not the agent, may "
+                        "have been the bottleneck; no verdict on the agent"),
             FAIL: "targets missed: " + ", ".join(v["metric"] for v in judged if v["verdict"] == FAIL),
             PASS: "every measured target held" + (
                 " (not measured: " + ", ".join(v["metric"] for v in judged if v["verdict"] == NOT_MEASURED) + ")"

@@ -361,6 +361,13 @@ def judge(data: RunData) -> tuple[list[TargetRow], str, str]:
         return rows, "invalid", ("the harness itself was late on its 20 ms grid (p99 "
                                  f"{harness.measured} ms > {targets.harness_lateness_p99_ms:g} ms): it, not the agent, "
                                  "may have been the bottleneck; no verdict on the agent")
+    connected = int(data.calls["connect_ms"].notna().sum()) if len(data.calls) else 0
+    if "frames" not in (data.lateness or {}) and connected:  # no measurement at all, not "0 frames sent"
+        # connected callers sent audio on the 20 ms grid: without its lateness nobody can vouch for the timings
+        interrupted = (data.summary or {}).get("interrupted")
+        return rows, "invalid", (f"the harness's own send lateness is unknown although {connected} call(s) "
+                                 "connected and sent audio" + (f" ({interrupted})" if interrupted else "")
+                                 + ": no verdict on the agent")
     if failed:
         return rows, FAIL, "targets missed: " + ", ".join(failed)
     if not len(data.calls):

@@ -82,6 +82,13 @@ def test_an_overloaded_harness_makes_the_run_invalid_not_the_agent_slow() -> Non
     assert "harness" in summary["verdict_reason"]
 
 
+def test_connected_calls_without_the_harness_lateness_are_invalid_not_a_pass() -> None:
+    calls = [{"outcome": "completed", "connect_ms": 12.0, "turns": [_turn(response_latency_ms=500.0)]}]
+    summary = summarize(calls, {}, Targets())
+    assert summary["verdict"] == "invalid"
+    assert "unknown although 1 call(s) connected" in summary["verdict_reason"]
+
+
 def test_an_empty_run_is_not_a_pass() -> None:
     summary = summarize([], {"frames": 0, "p50_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None},
                         Targets())

@@ -94,6 +94,41 @@ def test_a_headless_soak_on_two_workers_counts_every_call_once(tmp_path: Path) -
     assert lateness["frames"] == sum(w["frames"] for w in lateness["workers"].values()) > 0
 
 
+def test_a_soak_that_misses_a_target_exits_1_and_says_which(tmp_path: Path) -> None:
+    scenario = _scenario(tmp_path, {"shape": "ramp", "users": 2, "ramp": 1, "hold": 8})
+    data = yaml.safe_load(scenario.read_text())
+    data["targets"] = {"response_latency_p95_ms": 5}  # no agent answers within 5 ms
+    scenario.write_text(yaml.safe_dump(data, sort_keys=False))
+    runs = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "soak", str(scenario), "--runs-dir", str(runs)],
+                          capture_output=True, text=True, timeout=300, env=_env(), stdin=subprocess.DEVNULL)
+    log = done.stdout[-4000:] + done.stderr[-4000:]
+    [run_dir] = list(runs.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if summary["verdict"] == "invalid":  # a starved machine: the harness says so, and that is exit 2, not 1
+        assert done.returncode == 2, log
+        pytest.skip(f"the harness was late on this machine: {summary['verdict_reason']}")
+    assert done.returncode == 1, log
+    assert summary["verdict"] == "fail" and "response_latency_p95_ms" in summary["verdict_reason"], log
+    assert (run_dir / "locust_stats.csv").exists() and (run_dir / "report.html").exists()
+
+
+def test_a_soak_whose_workers_never_all_connect_gives_up_instead_of_hanging(tmp_path: Path) -> None:
+    scenario = _scenario(tmp_path, {"shape": "ramp", "users": 2, "ramp": 1, "hold": 5})
+    runs = tmp_path / "runs"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "soak", str(scenario), "--workers", "1",
+                           "--remote-workers", "1", "--workers-wait", "5s", "--runs-dir", str(runs)],
+                          capture_output=True, text=True, timeout=300, env=_env(), stdin=subprocess.DEVNULL)
+    log = done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode not in (0, None), log
+    assert "Gave up waiting for workers" in log, log
+    assert time.monotonic() - started < 240
+    [run_dir] = list(runs.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["verdict"] != "pass" and summary["interrupted"], summary
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -191,6 +191,8 @@ def test_too_few_frames_stays_valid_and_says_so(stats: VoiceStats) -> None:
     assert validity["valid"] is True
     assert validity["judged"] is False
     assert validity["reason"].startswith("not enough frames yet (999 of 1000)")
+    assert "p99 so far 50 ms (above the limit)" in validity["reason"] and "at the end judges every frame" in \
+        validity["reason"]
 
 
 def test_history_takes_one_point_per_period_and_stays_bounded(clock: Clock) -> None:

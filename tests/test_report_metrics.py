@@ -79,6 +79,19 @@ def test_late_harness_makes_the_run_invalid(tmp_path):
     assert verdict == "invalid" and "harness" in reason
 
 
+def test_unknown_harness_lateness_with_connected_calls_is_invalid_not_a_pass(tmp_path):
+    # a Locust master that died before it sent its figures: the calls it forwarded are there, its timing is not
+    good = [c for c in CALLS if c["outcome"] == "completed"]
+    run = write_run(tmp_path / "run", calls=good, runtime=False, faults=False, recordings=False)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["harness_lateness"] = {}
+    summary["interrupted"] = "the Locust master ended before closing the run"
+    (run / "summary.json").write_text(json.dumps(summary))
+    _, verdict, reason = judge(load_run(run))
+    assert verdict == "invalid", reason
+    assert f"{len(good)} call(s) connected" in reason and "Locust master ended" in reason
+
+
 def test_all_good_run_passes(tmp_path):
     good = [c for c in CALLS if c["outcome"] == "completed"]
     run = write_run(tmp_path / "run", calls=[{**c, "turns": [t for t in c["turns"] if t["status"] == "ok"

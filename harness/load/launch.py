@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -29,6 +30,10 @@ from harness.session import RunSession, new_run_dir
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 WORKER_STOP_GRACE_S = 20.0
+#: how long a headless master waits for its workers before giving up (Locust's default is forever: a worker that
+#: died at start-up would hang a nightly soak)
+WORKERS_WAIT_LOCAL_S = 120.0
+WORKERS_WAIT_REMOTE_S = 900.0
 
 
 def _free_port() -> int:
@@ -66,7 +71,7 @@ async def run_load(command: str, scenario_path: Path, *, workers: int = 0, port:
                    duration_s: float | None = None, runs_dir: Path = Path("runs"), allow_remote: bool = False,
                    master_host: str = "127.0.0.1", master_port: int = 5557, master_bind_host: str = "127.0.0.1",
                    use_shape: bool = False, max_calls: int = 100_000, remote_workers: int = 0,
-                   out: TextIO | None = None) -> int:
+                   workers_wait_s: float | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     scenario = load_scenario(scenario_path)  # a malformed scenario is refused before any process starts
     if command == "worker":
@@ -114,8 +119,9 @@ async def run_load(command: str, scenario_path: Path, *, workers: int = 0, port:
                   f"{f', waiting for {remote_workers} more' if remote_workers else ''}); Locust's "
                   f"CSV and HTML go to {session.run_dir}\n")
     else:
-        out.write(f"voicechaos: Locust web UI on http://127.0.0.1:{port}/ (live voice figures and faults: "
-                  f"http://127.0.0.1:{port}/voicechaos/); Ctrl-C ends the run and writes its report\n")
+        out.write(f"voicechaos: Locust web UI on http://127.0.0.1:{port}/ (its Voice and Chaos tabs: live voice "
+                  f"figures and faults; also on one page at http://127.0.0.1:{port}/voicechaos/); Ctrl-C ends the run "
+                  "and writes its report\n")
     out.flush()
     helpers: list[asyncio.subprocess.Process] = []
     try:
@@ -124,6 +130,9 @@ async def run_load(command: str, scenario_path: Path, *, workers: int = 0, port:
             bind_port = _free_port() if master_port == 5557 and not remote_workers else master_port
             args += ["--master", "--master-bind-host", master_bind_host, "--master-bind-port", str(bind_port),
                      "--expect-workers", str(workers + remote_workers)]
+            if command == "soak":
+                wait_s = workers_wait_s or (WORKERS_WAIT_REMOTE_S if remote_workers else WORKERS_WAIT_LOCAL_S)
+                args += ["--expect-workers-max-wait", str(max(1, math.ceil(wait_s)))]
             main = await _start(_locust(*args), settings.model_copy(update={"role": "master"}))
             worker_settings = LoadSettings(scenario=scenario_path, role="worker", allow_remote=allow_remote,
                                            max_calls=max_calls)

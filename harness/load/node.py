@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
 import requests
@@ -34,13 +35,13 @@ from harness.load.voice_stats import VoiceStats
 from harness.load.webui import ChaosError, install
 from harness.records import Outcome
 from harness.run import EXIT_FAIL
-from harness.safety import check_target
+from harness.safety import UnsafeTargetError, check_target, is_loopback_host
 from harness.scenario import Scenario
 
 #: the engine's events the Locust side acts on (a worker forwards every event to the master)
 CALL_EVENTS = frozenset({"call_started", "call_connected", "turn", "call_ended"})
 #: monotonic-clock fields of a turn (seconds), moved onto the master's clock
-_TURN_TIMES = ("listen_from", "caller_speech_start", "first_audio_at", "last_audio_end")
+_TURN_TIMES = ("listen_from", "caller_speech_start", "first_audio_at", "last_audio_end", "closed_at")
 DRAIN_GRACE_S = 15.0
 SEND_EVERY_S = 0.5
 
@@ -83,6 +84,7 @@ class LoadNode:
         self.dials: list[Dial] | None = dial_from_json(settings.dial) if settings.dial else None
         self._calls_placed = 0
         self.calls_ended = 0
+        self.records_out = 0  # call_ended events put in the outbox (worker -> master)
         self.load_started = False
         self.tests = 0  # tests started in this process (the web UI can start several)
         self.closed = False
@@ -132,10 +134,10 @@ class LoadNode:
         """Start a call for a user: its id and a gevent AsyncResult of its record; None once max_calls were placed."""
         assert self.engine is not None
         if self.dials is None:  # a worker: the master's target, which this host must be allowed to call too
-            dials = dial_from_json(getattr(self.environment.parsed_options, "voicechaos_dial", ""))
-            for dial in dials:
-                check_target(dial.webhook_url or dial.websocket_url or dial.offer_url or "",
-                             allow_remote=self.settings.allow_remote, what="the master's target")
+            options = self.environment.parsed_options
+            dials = dial_from_json(getattr(options, "voicechaos_dial", ""))
+            check_worker_dials(dials, master_host=str(getattr(options, "master_host", "127.0.0.1")),
+                               allow_remote=self.settings.allow_remote)
             self.dials = dials
         runner = self.environment.runner
         if self.role == "worker":  # the master numbers its workers from 0; ids stay unique across the run
@@ -161,6 +163,8 @@ class LoadNode:
         """On the main thread: Locust's request events, the live figures, and the event on its way to the run."""
         _fire_requests(self.environment, name, fields, dead_air_ms=self.scenario.targets.dead_air_ms)
         self.outbox.append((name, fields))
+        if name == "call_ended":
+            self.records_out += 1
         if self.role == "local" and name in CALL_EVENTS:
             self._observe("local", name, fields)
 
@@ -211,7 +215,10 @@ class LoadNode:
         events, self.outbox = self.outbox, []
         return {"index": self.environment.runner.worker_index, "events": events,
                 "lateness": lateness_to_json(histogram), "gc": gc_summary, "placed": self.engine.placed,
-                "ended": self.engine.ended, "users": self.environment.runner.user_count,
+                # calls whose record is on its way (in this payload or an earlier one), not the engine's own count:
+                # a call can end on the engine's thread before its record reaches the outbox, and a master told
+                # "every call ended" stops waiting for records
+                "ended": self.records_out, "users": self.environment.runner.user_count,
                 "clock": [time.monotonic(), time.time()]}
 
     def _report_to_master(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
@@ -387,6 +394,20 @@ class RunControlClient:
         return dict(response.json())
 
 
+def check_worker_dials(dials: list[Dial], *, master_host: str, allow_remote: bool) -> None:
+    """A worker calls the master's target: refused off loopback without ``--allow-remote``, and refused on loopback
+    when the master is on another machine (its loopback is not this one's: the call would reach whatever listens
+    here)."""
+    for dial in dials:
+        url = dial.webhook_url or dial.websocket_url or dial.offer_url or ""
+        check_target(url, allow_remote=allow_remote, what="the master's target")
+        if is_loopback_host(urlsplit(url).hostname or "") and not is_loopback_host(master_host):
+            raise UnsafeTargetError(
+                f"the master's target {url!r} is on the master's own loopback; this worker runs on another machine "
+                f"(master {master_host}) and would call its own. Point the scenario at a `webhook:` or `websocket:` "
+                "target both machines reach (README: workers on several machines)")
+
+
 def _shift_times(name: str, fields: dict[str, Any], delta: float) -> None:
     def shift(turn: dict[str, Any]) -> None:
         for key in _TURN_TIMES:
@@ -408,8 +429,18 @@ def _calls_by_worker(calls: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
+def _waited_ms(turn: dict[str, Any]) -> float:
+    """How long the caller waited for a reply it never got: from the end of its speech to the turn's close."""
+    closed, since = turn.get("closed_at"), turn.get("listen_from")
+    return max(0.0, (closed - since) * 1000) if closed is not None and since is not None else 0.0
+
+
 def _fire_requests(environment: Environment, name: str, fields: dict[str, Any], *, dead_air_ms: float) -> None:
-    """One Locust request per connect, per turn (latency and longest silence) and per call; never per frame."""
+    """One Locust request per connect, per turn (latency and longest silence) and per call; never per frame.
+
+    A request that failed carries the time it took to fail (a turn with no reply: the caller's wait until it gave
+    up; a connect that failed: the call's time until then), as Locust does for an HTTP timeout, so that failures
+    lengthen Locust's percentiles instead of shortening them with zeros."""
     fire = environment.events.request.fire
     if name == "call_connected":
         fire(request_type="WS", name="connect", response_time=fields.get("connect_ms") or 0.0, response_length=0,
@@ -418,7 +449,8 @@ def _fire_requests(environment: Environment, name: str, fields: dict[str, Any], 
         status = fields.get("status")
         kind = fields.get("kind", "reply")
         latency = fields.get("response_latency_ms")
-        fire(request_type="TURN", name=f"{kind} latency", response_time=latency if latency is not None else 0.0,
+        fire(request_type="TURN", name=f"{kind} latency",
+             response_time=latency if latency is not None else _waited_ms(fields),
              response_length=len(fields.get("heard") or []), context={},
              exception=None if status == "ok" else CallFailed(f"{kind} turn {status}"))
         if fields.get("first_audio_at") is not None:
@@ -427,10 +459,11 @@ def _fire_requests(environment: Environment, name: str, fields: dict[str, Any], 
                  exception=CallFailed(f"dead air over {dead_air_ms:g} ms") if gap > dead_air_ms else None)
     elif name == "call_ended":
         outcome = fields.get("outcome")
+        call_ms = (fields.get("duration_s") or 0.0) * 1000
         if fields.get("connect_ms") is None:
-            fire(request_type="WS", name="connect", response_time=0.0, response_length=0, context={},
+            fire(request_type="WS", name="connect", response_time=call_ms, response_length=0, context={},
                  exception=CallFailed(f"{outcome}: {str(fields.get('reason', ''))[:80]}"))
-        fire(request_type="CALL", name="call", response_time=(fields.get("duration_s") or 0.0) * 1000,
+        fire(request_type="CALL", name="call", response_time=call_ms,
              response_length=len(fields.get("turns") or []), context={},
              exception=None if outcome == Outcome.COMPLETED else
              CallFailed(f"{outcome}: {str(fields.get('reason', ''))[:80]}"))

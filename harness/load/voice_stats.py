@@ -24,7 +24,8 @@ really sent, and a late harness invalidates the run whichever worker was late.
 Validity: the run is invalid when the merged lateness p99 is above ``lateness_limit_ms`` (the harness, not the agent,
 was the bottleneck). Below ``min_lateness_frames`` frames (default 1000, i.e. 20 s of one call) it stays valid with
 the reason "not enough frames yet": the p99 of a few hundred frames is a handful of samples from the first second of
-a worker (imports, connection set-up), not the harness's steady pace.
+a worker (imports, connection set-up), not the harness's steady pace. The live view says so, with the p99 so far;
+the run's verdict at the end (the summary, the exit code) judges every frame however few.
 """
 
 from __future__ import annotations
@@ -266,9 +267,11 @@ class VoiceStats:
         frames = int(lateness["frames"] or 0)
         p99 = lateness["p99_ms"]
         if frames < self.min_lateness_frames or p99 is None:
+            so_far = "" if p99 is None else (
+                f"; p99 so far {p99:g} ms{' (above the limit)' if p99 > self.lateness_limit_ms else ''}")
             return {"valid": True, "judged": False,
                     "reason": f"not enough frames yet ({frames} of {self.min_lateness_frames}) to judge the "
-                              "harness's pacing"}
+                              f"harness's pacing live{so_far}; the run's verdict at the end judges every frame"}
         if p99 > self.lateness_limit_ms:
             return {"valid": False, "judged": True,
                     "reason": f"the harness, not the agent, was the bottleneck: pacing lateness p99 {p99:g} ms > "
