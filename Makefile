@@ -37,6 +37,7 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.caller_capacity
 	$(BIN)/python -m bench.locust_capacity
+	$(BIN)/python -m bench.locust_transports
 	$(BIN)/python -m bench.webrtc_capacity
 	$(BIN)/python -m bench.runtime_capacity
 	$(BIN)/python -m bench.toxiproxy_throughput

@@ -67,6 +67,10 @@ class CallEngine:
         self._env: CallEnvironment | None = None
         self._calls: dict[int, Call] = {}
         self._tasks: dict[int, asyncio.Task[Any]] = {}
+        #: hang-ups that arrived before their call's task first ran (a Locust user killed just after it dialled)
+        self._early_hang_ups: dict[int, str] = {}
+        self._ended_ids: set[int] = set()  # a few bytes a call; a process places at most max_calls
+        self._hang_up_all_reason: str | None = None  # set once the process ends its calls: later ones too
         self.placed = 0
         self.ended = 0
         self.gc_watch = GcWatch()
@@ -153,6 +157,10 @@ class CallEngine:
         task = asyncio.current_task()
         assert task is not None
         self._tasks[call_id] = task
+        early = self._early_hang_ups.pop(call_id, None) or self._hang_up_all_reason
+        if early is not None:  # stopped before it started: it starts, and ends at its first wait
+            call.stop_reason = early
+            task.cancel()
         try:
             return await call.run()
         except asyncio.CancelledError:
@@ -160,6 +168,7 @@ class CallEngine:
         finally:
             self._calls.pop(call_id, None)
             self._tasks.pop(call_id, None)
+            self._ended_ids.add(call_id)
             self.ended += 1
 
     def hang_up(self, call_id: int, reason: str) -> None:
@@ -172,8 +181,25 @@ class CallEngine:
             if call is not None and task is not None:
                 call.stop_reason = reason
                 task.cancel()
+            elif call_id not in self._ended_ids:
+                # placed, but its task has not run yet (the task is created and first run by callbacks queued
+                # before and after this one): without this the hang-up would be lost and the call run to its end
+                self._early_hang_ups[call_id] = reason
 
         self.loop.call_soon_threadsafe(cancel)
+
+    def hang_up_all(self, reason: str) -> None:
+        """Stop every call in progress, and any placed but not yet started. Any thread."""
+        if self.loop is None:
+            return
+
+        def cancel_all() -> None:
+            self._hang_up_all_reason = reason
+            for call_id, task in list(self._tasks.items()):
+                self._calls[call_id].stop_reason = reason
+                task.cancel()
+
+        self.loop.call_soon_threadsafe(cancel_all)
 
     @property
     def active(self) -> int:

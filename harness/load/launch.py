@@ -165,14 +165,19 @@ async def _wait(main: asyncio.subprocess.Process, helpers: list[asyncio.subproce
     that do not are ended by their PID."""
     loop = asyncio.get_running_loop()
 
+    def say_stopping() -> None:
+        # a closed stdout (a CI log pipe gone, `| head`) must not cost the run its end: the signal is what matters
+        with contextlib.suppress(OSError, ValueError):
+            out.write("\nvoicechaos: stopping: calls in progress end, then the report is written...\n")
+            out.flush()
+
     def on_interrupt() -> None:  # the terminal sent SIGINT to the master too: it stops the load and reports
-        out.write("\nvoicechaos: stopping: calls in progress end, then the report is written...\n")
-        out.flush()
+        say_stopping()
 
     def on_terminate() -> None:  # a CI job or a supervisor: the master ends the run as on Ctrl-C
-        on_interrupt()
         if main.returncode is None:
             main.send_signal(signal.SIGTERM)
+        say_stopping()
 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, on_interrupt)

@@ -43,6 +43,8 @@ CALL_EVENTS = frozenset({"call_started", "call_connected", "turn", "call_ended"}
 #: monotonic-clock fields of a turn (seconds), moved onto the master's clock
 _TURN_TIMES = ("listen_from", "caller_speech_start", "first_audio_at", "last_audio_end", "closed_at")
 DRAIN_GRACE_S = 15.0
+#: how long a load process waits, at its end, for the records of calls it hung up
+SETTLE_S = 15.0
 SEND_EVERY_S = 0.5
 
 
@@ -226,7 +228,23 @@ class LoadNode:
 
     def _send_final(self, **_: Any) -> None:
         """Every user has stopped, and each one waited for its call's record: send what is left now."""
+        self._settle_calls()
         self.environment.runner.send_message("voicechaos_final", self._payload())
+
+    def _settle_calls(self) -> None:
+        """Before this process's last records go out, every call it placed has its record in the outbox: a call
+        still in progress (its user killed mid-call, a record slow to come after the hang-up) is hung up and waited
+        for, for a bounded time. Otherwise its record would come after the run closed, and the run would lack it."""
+        engine = self.engine
+        if engine is None or self.records_out >= engine.placed:
+            return
+        engine.hang_up_all("the load stopped (its process was ending)")
+        deadline = time.monotonic() + SETTLE_S
+        while self.records_out < engine.placed and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        if self.records_out < engine.placed:
+            print(f"voicechaos: {engine.placed - self.records_out} call(s) had no record {SETTLE_S:g} s after "
+                  "their hang-up; they are not in the run", flush=True)
 
     def _on_worker_report(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
         if "voicechaos" in data:
@@ -326,6 +344,7 @@ class LoadNode:
                                     for v in self.workers.values()}}
         else:
             self.drain()
+            self._settle_calls()
             histogram, gc_summary = self._lateness()
             lateness = {**histogram.summary_ms(), "gc": gc_summary}
         self._send_events()

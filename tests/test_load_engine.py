@@ -1,0 +1,109 @@
+"""The load process's call engine: a hang-up is never lost, whenever it arrives.
+
+A Locust user killed just after it dialled hangs its call up before the call's task first ran on the engine's loop
+(the task is created by one queued callback and first run by another, queued after the hang-up). The hang-up must
+still end the call; before, the call ran to its end and its record came after the run had closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from harness.caller import Dial
+from harness.load.engine import CallEngine
+from harness.scenario import Scenario
+
+SILENT_FOR_S = 20.0  # the agent answers and never speaks: a call not hung up waits for its greeting this long
+
+
+@pytest.fixture
+def silent_agent() -> Iterator[str]:
+    """A Media Streams endpoint on loopback that accepts calls and says nothing, in a thread of its own."""
+    ready = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def hold(socket: ServerConnection) -> None:
+        async for _ in socket:
+            pass
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        state["stop"], state["loop"] = stop, asyncio.get_running_loop()
+        async with serve(hold, "127.0.0.1", 0) as server:
+            state["url"] = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/media"
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    yield state["url"]
+    state["loop"].call_soon_threadsafe(state["stop"].set)
+    thread.join(10)
+
+
+def _scenario() -> Scenario:
+    return Scenario.model_validate({
+        "name": "engine", "target": {"websocket": {"url": "ws://127.0.0.1:1/media"}},
+        "callers": {"count": 1},
+        "script": [{"wait_for_greeting": {"timeout": SILENT_FOR_S}}, "hang_up"],
+        "limits": {"duration": 60, "call_timeout": 40},
+    })
+
+
+def _engine() -> tuple[CallEngine, list[tuple[str, dict[str, Any]]]]:
+    events: list[tuple[str, dict[str, Any]]] = []
+    engine = CallEngine(_scenario(), process_index=0, emit=lambda name, fields: events.append((name, fields)))
+    engine.start()
+    return engine, events
+
+
+def test_a_hang_up_before_the_calls_task_ran_still_ends_the_call(silent_agent: str) -> None:
+    engine, events = _engine()
+    try:
+        assert engine.loop is not None
+        gate = threading.Event()
+        engine.loop.call_soon_threadsafe(gate.wait, 10)  # hold the loop: both callbacks queue before either runs
+        placed = engine.place_call(Dial(websocket_url=silent_agent))
+        assert placed is not None
+        call_id, future = placed
+        engine.hang_up(call_id, "the load stopped (Locust stopped this caller)")
+        started = time.monotonic()
+        gate.set()
+        record = future.result(timeout=15)
+        assert time.monotonic() - started < 10  # not the agent's 20 s of silence
+        assert "stopped before it finished: the load stopped (Locust stopped this caller)" in record.reason
+        assert [name for name, _ in events if name in ("call_started", "call_ended")] == ["call_started",
+                                                                                         "call_ended"]
+    finally:
+        engine.stop()
+
+
+def test_hang_up_all_ends_calls_in_progress_and_calls_not_started_yet(silent_agent: str) -> None:
+    engine, events = _engine()
+    try:
+        assert engine.loop is not None
+        first = engine.place_call(Dial(websocket_url=silent_agent))
+        assert first is not None
+        deadline = time.monotonic() + 10
+        while not any(name == "call_connected" for name, _ in events) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        gate = threading.Event()
+        engine.loop.call_soon_threadsafe(gate.wait, 10)
+        engine.hang_up_all("the load stopped (its process was ending)")
+        second = engine.place_call(Dial(websocket_url=silent_agent))  # dialled as the process ends
+        assert second is not None
+        gate.set()
+        for _, future in (first, second):
+            record = future.result(timeout=15)
+            assert "stopped before it finished: the load stopped (its process was ending)" in record.reason
+        assert engine.ended == engine.placed == 2
+    finally:
+        engine.stop()
