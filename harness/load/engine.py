@@ -1,9 +1,10 @@
 """The call engine of one load process: the same :class:`~harness.caller.Call` as ``voicechaos run``, on an asyncio
 loop of its own OS thread.
 
-Locust runs its users on gevent. Measured on this kind of machine (``shared/notes/locust.md``), an asyncio loop in a
-real thread beside gevent held the most calls per process within 5 ms p99 (250, against 200 for ``websockets.sync``
-under gevent and 125 for websocket-client), and it runs the very ``Call`` whose measurements are proven elsewhere, so
+Locust runs its users on gevent. Measured side by side in a gevent-patched process (``bench/locust_transports.py``),
+an asyncio loop in a real thread beside gevent held the most calls per process within 5 ms p99 (150, against 125 for
+``websockets.sync`` in greenlets and 50 for websocket-client), with less CPU per call, and it runs the very ``Call``
+whose measurements are proven elsewhere, so
 a Locust user only hands its call to this engine and waits for the record; ``bench/locust_capacity.py`` measures what
 that costs beside the harness alone. This module knows nothing of gevent: the Locust side passes how to start a real
 thread and how to make the loop's selector (gevent's patched ones would put a gevent hub inside the engine's thread),
