@@ -403,6 +403,7 @@ def write_calls(writer: _Writer, calls: Calls, steps: list[Step]) -> None:
         first = np.round(calls.first[part] + LOAD_MONO, 9).tolist()
         last_end = np.round(calls.last_end[part] + LOAD_MONO, 9).tolist()
         close = (calls.close[part] + LOAD_WALL).tolist()
+        closed_at = np.round(calls.close[part] + LOAD_MONO, 9).tolist()  # the same moment on the monotonic clock
         latency = calls.latency[part].tolist()
         gap1 = calls.gap1[part].tolist()
         gap2 = calls.gap2[part].tolist()
@@ -439,7 +440,8 @@ def write_calls(writer: _Writer, calls: Calls, steps: list[Step]) -> None:
                             f'"expected":{text.expected},"listen_from":{listen[k][j]!r},'
                             f'"caller_speech_start":{_num(speech[k][j])},"first_audio_at":{_num(first[k][j])},'
                             f'"last_audio_end":{_num(last_end[k][j])},"response_latency_ms":{_num(latency[k][j])},'
-                            f'"gaps_ms":[{gaps}],"heard":{text.heard[st]},"undecodable":{int(st == GARBLED)},'
+                            f'"closed_at":{closed_at[k][j]!r},"gaps_ms":[{gaps}],"heard":{text.heard[st]},'
+                            f'"undecodable":{int(st == GARBLED)},'
                             f'"undecodable_reasons":{garbled_reasons if st == GARBLED else "[]"},"cut_phrases":0,'
                             f'"audio_symbols":{symbols},"audio_symbols_clear":{clear},"concealed_ms":0.0,'
                             f'"barge_in":false,"barge_in_reaction_ms":null,"stray_clears":0,'

@@ -86,7 +86,7 @@ def test_a_hang_up_before_the_calls_task_ran_still_ends_the_call(silent_agent: s
         engine.stop()
 
 
-def test_hang_up_all_ends_calls_in_progress_and_calls_not_started_yet(silent_agent: str) -> None:
+def test_hang_up_all_ends_the_calls_placed_so_far_started_or_not(silent_agent: str) -> None:
     engine, events = _engine()
     try:
         assert engine.loop is not None
@@ -97,13 +97,23 @@ def test_hang_up_all_ends_calls_in_progress_and_calls_not_started_yet(silent_age
             time.sleep(0.02)
         gate = threading.Event()
         engine.loop.call_soon_threadsafe(gate.wait, 10)
-        engine.hang_up_all("the load stopped (its process was ending)")
-        second = engine.place_call(Dial(websocket_url=silent_agent))  # dialled as the process ends
+        second = engine.place_call(Dial(websocket_url=silent_agent))  # dialled, its task not run yet
         assert second is not None
+        engine.hang_up_all("the load stopped (its process was ending)")
         gate.set()
         for _, future in (first, second):
             record = future.result(timeout=15)
             assert "stopped before it finished: the load stopped (its process was ending)" in record.reason
         assert engine.ended == engine.placed == 2
+        # a call placed afterwards (another test started from the web UI) is not touched
+        third = engine.place_call(Dial(websocket_url=silent_agent))
+        assert third is not None
+        deadline = time.monotonic() + 10
+        while sum(name == "call_connected" for name, _ in events) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert not third[1].done()
+        engine.hang_up(third[0], "the test ended")
+        assert "stopped before it finished: the test ended" in third[1].result(timeout=15).reason
     finally:
         engine.stop()

@@ -71,7 +71,8 @@ class CallEngine:
         #: hang-ups that arrived before their call's task first ran (a Locust user killed just after it dialled)
         self._early_hang_ups: dict[int, str] = {}
         self._ended_ids: set[int] = set()  # a few bytes a call; a process places at most max_calls
-        self._hang_up_all_reason: str | None = None  # set once the process ends its calls: later ones too
+        #: calls placed before this many were hung up all at once (with this reason), started or not
+        self._hung_up_before: tuple[int, str] = (0, "")
         self.placed = 0
         self.ended = 0
         self.gc_watch = GcWatch()
@@ -146,11 +147,12 @@ class CallEngine:
         """Start one call; returns its id and the future of its record, or None when ``max_calls`` were placed."""
         if self.max_calls is not None and self.placed >= self.max_calls:
             return None
-        call_id = self.process_index * CALL_ID_STRIDE + self.placed
+        seq = self.placed
+        call_id = self.process_index * CALL_ID_STRIDE + seq
         self.placed += 1
-        return call_id, self.run(self._one_call(call_id, dial))
+        return call_id, self.run(self._one_call(call_id, dial, seq))
 
-    async def _one_call(self, call_id: int, dial: Dial) -> CallRecord:
+    async def _one_call(self, call_id: int, dial: Dial, seq: int) -> CallRecord:
         assert self._env is not None
         scenario = self.scenario
         call = Call(self._env, call_id, scenario.script, scenario.limits, dial)
@@ -158,7 +160,9 @@ class CallEngine:
         task = asyncio.current_task()
         assert task is not None
         self._tasks[call_id] = task
-        early = self._early_hang_ups.pop(call_id, None) or self._hang_up_all_reason
+        early = self._early_hang_ups.pop(call_id, None)
+        if early is None and seq < self._hung_up_before[0]:
+            early = self._hung_up_before[1]
         if early is not None:  # stopped before it started: it starts, and ends at its first wait
             call.stop_reason = early
             task.cancel()
@@ -190,12 +194,14 @@ class CallEngine:
         self.loop.call_soon_threadsafe(cancel)
 
     def hang_up_all(self, reason: str) -> None:
-        """Stop every call in progress, and any placed but not yet started. Any thread."""
+        """Stop every call placed so far, in progress or not yet started; calls placed later are not touched (the
+        web UI can start another test in the same process). From the thread that places calls."""
         if self.loop is None:
             return
+        placed = self.placed
 
         def cancel_all() -> None:
-            self._hang_up_all_reason = reason
+            self._hung_up_before = (placed, reason)
             for call_id, task in list(self._tasks.items()):
                 self._calls[call_id].stop_reason = reason
                 task.cancel()

@@ -184,16 +184,19 @@ async def _wait(main: asyncio.subprocess.Process, helpers: list[asyncio.subproce
         loop.add_signal_handler(signal.SIGTERM, on_terminate)
     try:
         code = await main.wait()
+        # one grace period for all of them, not one each: a master that quit before a worker had re-registered
+        # after a stop never told it to quit (Locust drops a worker when it reports "stopped" until it is ready)
+        if helpers:
+            await asyncio.wait([asyncio.ensure_future(h.wait()) for h in helpers], timeout=WORKER_STOP_GRACE_S)
         for helper in helpers:
+            if helper.returncode is not None:
+                continue
+            helper.terminate()
             try:
-                await asyncio.wait_for(helper.wait(), timeout=WORKER_STOP_GRACE_S)
+                await asyncio.wait_for(helper.wait(), timeout=5)
             except TimeoutError:
-                helper.terminate()
-                try:
-                    await asyncio.wait_for(helper.wait(), timeout=5)
-                except TimeoutError:
-                    helper.kill()
-                    await helper.wait()
+                helper.kill()
+                await helper.wait()
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
