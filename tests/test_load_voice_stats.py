@@ -236,3 +236,12 @@ def test_snapshot_is_json(stats: VoiceStats) -> None:
     stats.lateness("w1", lateness_json(0.001))
     stats.call_ended({"outcome": "completed"}, "w1")
     assert json.loads(json.dumps(stats.snapshot()))["calls"]["by_outcome"] == {"completed": 1}
+
+
+def test_the_load_start_places_fault_windows_on_the_history_axis(clock: Clock, stats: VoiceStats) -> None:
+    assert stats.snapshot()["load_start_t"] is None  # no load yet: the page draws no fault band
+    clock.now += 12.5
+    stats.load_started()
+    clock.now += 30.0
+    stats.load_started()  # a second test from the web UI: the run's time 0 stays the first
+    assert stats.snapshot()["load_start_t"] == 12.5

@@ -285,6 +285,8 @@ class LoadNode:
             self.load_started = True
             assert self.control is not None
             self.control.load_started()
+            if self.stats is not None:
+                self.stats.load_started()
         self.tests += 1
         if self.settings.duration_s is not None:
             gevent.spawn(self._time_limit, self.settings.duration_s, self.tests)

@@ -164,8 +164,14 @@ class VoiceStats:
         self._lateness_merged: LatenessHistogram | None = LatenessHistogram()  # None: recompute on next read
         self._history: deque[dict[str, Any]] = deque(maxlen=history_len)
         self._next_history = self._start
+        self._load_start: float | None = None
 
     # -- inputs --------------------------------------------------------------------------------------------------------
+
+    def load_started(self) -> None:
+        """The run's load started (its first test): fault windows are timed from here, the history from our start."""
+        if self._load_start is None:
+            self._load_start = self._clock()
 
     def call_started(self, worker: str) -> None:
         self._active[worker] += 1
@@ -225,6 +231,8 @@ class VoiceStats:
         lateness = self._merged_lateness().summary_ms()
         return {
             "t": round(now - self._start, 3),
+            # where the run's time 0 (fault windows' applied_at_s, removed_at_s) falls on the history's time axis
+            "load_start_t": None if self._load_start is None else round(self._load_start - self._start, 3),
             "window_s": self.window_s,
             "response_latency_ms": {"window": _latency_summary(latency),
                                     "run": _run_latency_summary(self._latency_run)},

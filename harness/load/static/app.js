@@ -93,6 +93,8 @@
   // --- voice ----------------------------------------------------------------------------------------------------
 
   var lastHistory = [];
+  var lastFaults = [];  // fault windows (times from the run's load start)
+  var loadStartT = null;  // the load start on the history's time axis
 
   function renderVoice(s) {
     var lat = s.response_latency_ms, greet = s.greeting_latency_ms, gaps = s.gaps_ms;
@@ -130,6 +132,7 @@
     banner.hidden = !!s.validity.valid;
     banner.textContent = s.validity.valid ? "" : "Run invalid: " + s.validity.reason;
     lastHistory = s.history || [];
+    loadStartT = s.load_start_t === undefined ? null : s.load_start_t;
     if (!$("voice").hidden) drawChart(lastHistory);
   }
 
@@ -163,6 +166,8 @@
       ctx.fillText(String(Math.round(maxCalls * (1 - i / 4))), width - right + 4, y + 4);
     }
     ctx.stroke();
+    shadeFaults(ctx, x, t0, t1, top, height - bottom);
+    ctx.fillStyle = "#666";
     ctx.fillText(Math.round(t0) + " s", left, height - 6);
     ctx.fillText(Math.round(t1) + " s", width - right - 30, height - 6);
     function line(key, color, scale) {
@@ -182,6 +187,21 @@
     line("active_calls", "#9e9e9e", yCalls);
     line("max_gap_ms", "#ef6c00", yMs);
     line("latency_p95_ms", "#1565c0", yMs);
+  }
+
+  // each fault window of the run as a band over the time it was applied (ongoing ones up to now), labelled
+  function shadeFaults(ctx, x, t0, t1, yTop, yBottom) {
+    if (loadStartT === null) return;
+    lastFaults.forEach(function (w) {
+      if (w.applied_at_s === null || w.applied_at_s === undefined) return;
+      var from = Math.max(t0, loadStartT + w.applied_at_s);
+      var to = Math.min(t1, w.removed_at_s === null || w.removed_at_s === undefined ? t1 : loadStartT + w.removed_at_s);
+      if (to < from) return;  // ended before the history's first point
+      ctx.fillStyle = "rgba(239, 108, 0, 0.12)";
+      ctx.fillRect(x(from), yTop, Math.max(2, x(to) - x(from)), yBottom - yTop);
+      ctx.fillStyle = "#b45309";
+      ctx.fillText("#" + w.index + " " + (w.label || w.action || ""), x(from) + 3, yTop + 12);
+    });
   }
 
   function pollVoice() {
@@ -232,6 +252,7 @@
 
   function renderChaos(state) {
     presets = state.presets || [];
+    lastFaults = state.faults || [];
     var message = $("fault-message");
     var deps = $("dependencies");
     clear(deps);
