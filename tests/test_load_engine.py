@@ -58,9 +58,29 @@ def _scenario() -> Scenario:
     })
 
 
-def _engine() -> tuple[CallEngine, list[tuple[str, dict[str, Any]]]]:
-    events: list[tuple[str, dict[str, Any]]] = []
-    engine = CallEngine(_scenario(), process_index=0, emit=lambda name, fields: events.append((name, fields)))
+class Events:
+    """What the engine emitted (on its thread), and a wait for a condition on it without polling the clock."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+        self._changed = threading.Condition()
+
+    def emit(self, name: str, fields: dict[str, Any]) -> None:
+        with self._changed:
+            self.seen.append((name, fields))
+            self._changed.notify_all()
+
+    def connected(self, call_id: int) -> bool:
+        return any(name == "call_connected" and fields["call_id"] == call_id for name, fields in self.seen)
+
+    def wait_connected(self, call_id: int, timeout: float = 10.0) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.connected(call_id), timeout), f"call {call_id} not connected"
+
+
+def _engine() -> tuple[CallEngine, Events]:
+    events = Events()
+    engine = CallEngine(_scenario(), process_index=0, emit=events.emit)
     engine.start()
     return engine, events
 
@@ -80,8 +100,9 @@ def test_a_hang_up_before_the_calls_task_ran_still_ends_the_call(silent_agent: s
         record = future.result(timeout=15)
         assert time.monotonic() - started < 10  # not the agent's 20 s of silence
         assert "stopped before it finished: the load stopped (Locust stopped this caller)" in record.reason
-        assert [name for name, _ in events if name in ("call_started", "call_ended")] == ["call_started",
-                                                                                         "call_ended"]
+        assert [name for name, _ in events.seen if name in ("call_started", "call_ended")] == ["call_started",
+                                                                                              "call_ended"]
+        assert not events.connected(call_id)  # ended before it dialled the agent
     finally:
         engine.stop()
 
@@ -92,9 +113,7 @@ def test_hang_up_all_ends_the_calls_placed_so_far_started_or_not(silent_agent: s
         assert engine.loop is not None
         first = engine.place_call(Dial(websocket_url=silent_agent))
         assert first is not None
-        deadline = time.monotonic() + 10
-        while not any(name == "call_connected" for name, _ in events) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        events.wait_connected(first[0])
         gate = threading.Event()
         engine.loop.call_soon_threadsafe(gate.wait, 10)
         second = engine.place_call(Dial(websocket_url=silent_agent))  # dialled, its task not run yet
@@ -108,10 +127,7 @@ def test_hang_up_all_ends_the_calls_placed_so_far_started_or_not(silent_agent: s
         # a call placed afterwards (another test started from the web UI) is not touched
         third = engine.place_call(Dial(websocket_url=silent_agent))
         assert third is not None
-        deadline = time.monotonic() + 10
-        while sum(name == "call_connected" for name, _ in events) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)
+        events.wait_connected(third[0])  # a call stopped at its start never connects: this one did
         assert not third[1].done()
         engine.hang_up(third[0], "the test ended")
         assert "stopped before it finished: the test ended" in third[1].result(timeout=15).reason
